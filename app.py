@@ -1,0 +1,125 @@
+"""Qwen Chat: the composition root. Reads config.yaml, opens the store, loads the model, serves.
+
+    python app.py [--config config.yaml] [--no-browser]
+
+Every failure a user can cause (bad config, no network for the download, busy port) ends with one
+plain message and a non-zero exit code, never a bare stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Private chat with Qwen2.5 on this computer.")
+    parser.add_argument("--config", type=Path,
+                        default=Path(os.environ.get("QWEN_CHAT_CONFIG", HERE / "config.yaml")),
+                        help="settings file (written with defaults when missing)")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    return parser.parse_args(argv)
+
+
+def browser_secret(data_dir: Path) -> str:
+    """The key that encrypts each browser's identity; kept so identities survive restarts."""
+    path = data_dir / "secret.key"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32), encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def check_port(host: str, port: int) -> str | None:
+    """A message naming the port and the key to change when something already listens there."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        if os.name != "nt":  # as the server does: a closed connection's TIME_WAIT is no obstacle
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return (f"Port {port} on {host} is not available ({exc.strerror}). Another program "
+                    f"(or another Qwen Chat) uses it: close it, or set `port:` in config.yaml "
+                    f"to a free port such as {port + 1}.")
+    return None
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"\nError: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("httpx", "httpcore", "urllib3", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # The model's threads own the cores; the tokenizer's own pool would only contend with them.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from qwen_chat.config import ConfigWatcher, load_config
+    from qwen_chat.errors import ConfigError, ModelLoadError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return fail(str(exc), 2)
+    problem = check_port(config.host, config.port)
+    if problem:
+        return fail(problem)
+
+    data_dir = config.data_path
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(os.environ.get("QWEN_CHAT_CACHE") or data_dir / "cache")
+
+    import torch
+
+    from qwen_chat import loader
+    from qwen_chat.api import add_api
+    from qwen_chat.chat import ChatService
+    from qwen_chat.engine import Engine
+    from qwen_chat.store import Store
+    from qwen_chat.ui import GENERATE, build_ui, launch_options
+
+    torch.set_num_threads(config.thread_count)
+    started = time.perf_counter()
+    print(f"Loading {config.model} ...", flush=True)
+    try:
+        model, tokenizer = loader.load(config.model_source, cache_dir=cache_dir)
+    except ModelLoadError as exc:
+        return fail(str(exc))
+    print(f"Model ready in {time.perf_counter() - started:.1f} s "
+          f"({config.thread_count} threads).", flush=True)
+
+    store = Store(data_dir / "chat.db")
+    try:
+        service = ChatService(store, Engine(model, tokenizer, name=config.model),
+                              ConfigWatcher(args.config, config))
+        demo = build_ui(service, secret=browser_secret(data_dir))
+        with demo:
+            add_api(service, concurrency_id=GENERATE)
+        demo.queue(default_concurrency_limit=4)
+        demo.launch(server_name=config.host, server_port=config.port, quiet=True,
+                    inbrowser=config.open_browser and not args.no_browser,
+                    prevent_thread_lock=True, **launch_options())
+        shown_host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+        print(f"\nQwen Chat is running: http://{shown_host}:{config.port}\n"
+              "Press Ctrl+C to stop. 按 Ctrl+C 退出。\n", flush=True)
+        demo.block_thread()
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

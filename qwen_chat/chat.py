@@ -1,0 +1,136 @@
+"""The chat service: what happens when a user sends a message, shared by every front end.
+
+The user's message is committed before generation starts; the reply is committed while it
+streams (at least once a second), and once more when it ends, however it ends: complete, stopped
+(the consumer closed this generator) or error. A kill at any moment loses at most the last second.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .config import ConfigWatcher
+from .engine import Engine, Sampling, Stats
+from .errors import GenerationError
+from .store import COMPLETE, ERROR, STOPPED, STREAMING, Conversation, Message, Store
+
+log = logging.getLogger(__name__)
+
+SAVE_INTERVAL = 1.0  # seconds between commits of a streaming reply
+TITLE_LENGTH = 40
+# Replies that the model sees again as history: what the user saw, minus failures.
+_HISTORY_STATUSES = {COMPLETE, STOPPED, "interrupted"}
+
+
+@dataclass
+class ReplyUpdate:
+    """The state of one reply, yielded at every new piece of text (and while waiting)."""
+    conversation: Conversation
+    message_id: int
+    text: str
+    status: str
+    stats: Stats = field(default_factory=Stats)
+    error: str | None = None
+
+
+def title_from(text: str) -> str:
+    """A conversation's title: the first message, on one line, cut to a readable length."""
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_LENGTH else line[:TITLE_LENGTH - 1].rstrip() + "…"
+
+
+class ChatService:
+    def __init__(self, store: Store, engine: Engine, settings: ConfigWatcher):
+        self.store, self.engine, self.settings = store, engine, settings
+
+    # Conversations, always scoped to one browser's owner id -------------------------------
+    def conversations(self, owner: str) -> list[Conversation]:
+        return self.store.list_conversations(owner)
+
+    def messages(self, owner: str, conversation_id: str) -> list[Message]:
+        return self.store.messages(owner, conversation_id)
+
+    def rename(self, owner: str, conversation_id: str, title: str) -> Conversation:
+        return self.store.rename_conversation(owner, conversation_id, title_from(title) or "…")
+
+    def delete(self, owner: str, conversation_id: str) -> None:
+        self.store.delete_conversation(owner, conversation_id)
+
+    # Replies --------------------------------------------------------------------------------
+    def send(self, owner: str, conversation_id: str | None, text: str) -> Iterator[ReplyUpdate]:
+        """Store the user's message (a new conversation if none is given), then stream a reply.
+
+        A message with nothing but white space is ignored: nothing is stored or yielded.
+        """
+        if not text or not text.strip():
+            return
+        if conversation_id:
+            conversation = self.store.get_conversation(owner, conversation_id)
+        else:
+            conversation = self.store.create_conversation(owner, title_from(text))
+        self.store.add_message(conversation.id, "user", text)
+        yield from self._reply(owner, conversation)
+
+    def retry(self, owner: str, conversation_id: str) -> Iterator[ReplyUpdate]:
+        """Replace the last reply with a new one (or answer a last user message left unanswered)."""
+        conversation = self.store.get_conversation(owner, conversation_id)
+        history = self.store.messages(owner, conversation_id)
+        if history and history[-1].role == "assistant":
+            self.store.delete_message(history[-1].id)
+            history = history[:-1]
+        if not history or history[-1].role != "user":
+            return
+        yield from self._reply(owner, conversation)
+
+    def prompt_messages(self, owner: str, conversation_id: str) -> list[dict]:
+        """What the model sees: the system prompt, then the history (or only the last message)."""
+        config = self.settings.current()
+        stored = [m for m in self.store.messages(owner, conversation_id)
+                  if m.role == "user" or (m.status in _HISTORY_STATUSES and m.content)]
+        if not config.enable_history:
+            stored = [m for m in stored if m.role == "user"][-1:]
+        messages = [{"role": m.role, "content": m.content} for m in stored]
+        if config.system_prompt.strip():
+            messages.insert(0, {"role": "system", "content": config.system_prompt})
+        return messages
+
+    def _reply(self, owner: str, conversation: Conversation) -> Iterator[ReplyUpdate]:
+        config = self.settings.current()
+        sampling = Sampling(temperature=config.temperature, top_p=config.top_p,
+                            max_new_tokens=config.max_new_tokens,
+                            repetition_penalty=config.repetition_penalty)
+        prompt = self.prompt_messages(owner, conversation.id)
+        reply = self.store.add_message(conversation.id, "assistant", "", status=STREAMING)
+        parts: list[str] = []
+        status, error, stats, generation = STREAMING, None, Stats(), None
+        try:
+            generation = self.engine.generate(prompt, sampling)
+            stats = generation.stats
+            saved_at = time.monotonic()
+            for piece in generation:
+                if piece:
+                    parts.append(piece)
+                    if time.monotonic() - saved_at >= SAVE_INTERVAL:
+                        self.store.update_message(reply.id, content="".join(parts))
+                        saved_at = time.monotonic()
+                yield ReplyUpdate(conversation, reply.id, "".join(parts), STREAMING, stats)
+            status = COMPLETE
+        except GeneratorExit:  # the consumer went away: Stop, a closed tab, a reload
+            status = STOPPED
+            raise
+        except GenerationError as exc:
+            log.error("%s", exc, exc_info=exc.__cause__)
+            status, error = ERROR, str(exc)
+        finally:
+            if generation is not None:
+                generation.close()
+            if status == STREAMING:  # an unexpected exception is on its way up
+                status, error = ERROR, "unexpected error, see the terminal"
+            self.store.update_message(
+                reply.id, content="".join(parts), status=status, error=error,
+                prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
+                ttft=stats.ttft, tokens_per_s=stats.tokens_per_s)
+        yield ReplyUpdate(conversation, reply.id, "".join(parts), status, stats, error)

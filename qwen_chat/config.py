@@ -1,0 +1,240 @@
+"""config.yaml: read, check and hot-reload into one typed, frozen `Config`.
+
+Every check happens here, at the edge, so the rest of the app can trust its settings. A bad value
+raises `ConfigError` with one message naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+# Keys read only at start-up: changing them in a running app needs a restart.
+RESTART_KEYS = ("model", "host", "port", "data_dir", "threads")
+
+DEFAULT_CONFIG_TEXT = f"""\
+# Qwen Chat settings. Save this file: sampling and history settings apply to the next message.
+# Qwen Chat 设置。保存后，采样与历史设置从下一条消息起生效。
+# Keys marked (restart) need the app to be restarted. 标有 (restart) 的项需重启应用。
+
+# Model: a Hugging Face Hub id, a local folder, or a .gguf file. (restart)
+# 模型：Hugging Face Hub 名称、本地文件夹或 .gguf 文件路径。（需重启）
+model: {DEFAULT_MODEL}
+
+# Randomness of replies, 0 to 2 (0 = always the most likely word).
+# 回复的随机程度，0 到 2（0 = 总是选最可能的词）。
+temperature: 0.7
+
+# Nucleus sampling: keep the most likely words up to this total probability, 0.01 to 1.
+# 核采样：只从累计概率达到该值的候选词中选择，0.01 到 1。
+top_p: 0.8
+
+# Longest reply, in tokens (1 to 8192). 单次回复的最大 token 数（1 到 8192）。
+max_new_tokens: 512
+
+# Penalty for repeating words, 1.0 (none) to 2.0. 重复惩罚，1.0（无）到 2.0。
+repetition_penalty: 1.05
+
+# true: the model sees earlier messages of the conversation; false: each message alone.
+# true：模型能看到本对话之前的消息；false：每条消息单独回答（历史仍会保存和显示）。
+enable_history: true
+
+# Instructions given to the model before every conversation. 每个对话开始前给模型的指令。
+system_prompt: "{DEFAULT_SYSTEM_PROMPT}"
+
+# Address to listen on. 127.0.0.1 = this computer only. (restart)
+# 监听地址。127.0.0.1 = 仅本机可访问。（需重启）
+host: 127.0.0.1
+
+# Port of the web page (1 to 65535). (restart) 网页端口（1 到 65535）。（需重启）
+port: 8080
+
+# Open the browser when the app starts. 启动时自动打开浏览器。
+open_browser: true
+
+# Folder for conversations and caches, relative to this file. (restart)
+# 对话与缓存的存放文件夹，相对于本文件。（需重启）
+data_dir: data
+
+# CPU threads for the model: auto (physical cores) or a number. (restart)
+# 模型使用的 CPU 线程数：auto（物理核心数）或一个数字。（需重启）
+threads: auto
+"""
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = DEFAULT_MODEL
+    temperature: float = 0.7
+    top_p: float = 0.8
+    max_new_tokens: int = 512
+    repetition_penalty: float = 1.05
+    enable_history: bool = True
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    host: str = "127.0.0.1"
+    port: int = 8080
+    open_browser: bool = True
+    data_dir: str = "data"
+    threads: int | str = "auto"
+    # Where the file lives: relative paths (data_dir, a local model) are resolved against it.
+    base_dir: Path = field(default=Path("."), compare=False)
+
+    @property
+    def data_path(self) -> Path:
+        """The data folder; the QWEN_CHAT_DATA environment variable overrides config.yaml."""
+        override = os.environ.get("QWEN_CHAT_DATA")
+        path = Path(override) if override else Path(self.data_dir).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def model_source(self) -> str:
+        """The model as given, with a relative local path resolved against config.yaml's folder."""
+        candidate = Path(self.model).expanduser()
+        if not candidate.is_absolute() and (self.base_dir / candidate).exists():
+            return str((self.base_dir / candidate).resolve())
+        return str(candidate) if candidate.is_absolute() else self.model
+
+    @property
+    def thread_count(self) -> int:
+        if self.threads == "auto":
+            return physical_cores()
+        return int(self.threads)
+
+
+def physical_cores() -> int:
+    """Physical cores: hyper-threads share one core's matmul units, so more threads only contend."""
+    try:
+        import psutil
+
+        count = psutil.cpu_count(logical=False)
+    except ImportError:
+        count = None
+    return max(1, count or os.cpu_count() or 1)
+
+
+# key -> (allowed type(s), description of what is allowed, range check)
+def _in(lo: float, hi: float):
+    return lambda v: lo <= v <= hi
+
+
+_RULES: dict[str, tuple[tuple[type, ...], str, Any]] = {
+    "model": ((str,), "a Hub id, a local folder or a .gguf file", lambda v: bool(v.strip())),
+    "temperature": ((int, float), "a number from 0 to 2", _in(0, 2)),
+    "top_p": ((int, float), "a number from 0.01 to 1", _in(0.01, 1)),
+    "max_new_tokens": ((int,), "a whole number from 1 to 8192", _in(1, 8192)),
+    "repetition_penalty": ((int, float), "a number from 1.0 to 2.0", _in(1.0, 2.0)),
+    "enable_history": ((bool,), "true or false", None),
+    "system_prompt": ((str,), "text (may be empty)", None),
+    "host": ((str,), "an address such as 127.0.0.1 or 0.0.0.0", lambda v: bool(v.strip())),
+    "port": ((int,), "a whole number from 1 to 65535", _in(1, 65535)),
+    "open_browser": ((bool,), "true or false", None),
+    "data_dir": ((str,), "a folder path", lambda v: bool(v.strip())),
+    "threads": ((int, str), "auto or a whole number from 1 to 256",
+                lambda v: v == "auto" if isinstance(v, str) else 1 <= v <= 256),
+}
+
+
+def _check(key: str, value: Any, source: str) -> Any:
+    types, allowed, check = _RULES[key]
+    # bool is a subclass of int in Python: `port: true` must not pass as 1.
+    type_ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not type_ok or (check is not None and not check(value)):
+        shown = "(empty)" if value is None else repr(value) if isinstance(value, str) else value
+        raise ConfigError(f"{source}: {key} = {shown} is not allowed; use {allowed}.")
+    if float in types and isinstance(value, int):
+        value = float(value)
+    return value
+
+
+def parse_config(text: str, *, source: str = "config.yaml", base_dir: Path = Path(".")) -> Config:
+    """Parse and check config.yaml's text; raise ConfigError with one actionable message."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}{where}: invalid YAML ({problem}). Check the indentation "
+                          "and quotes on that line, or delete the file to get the defaults back."
+                          ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected 'key: value' lines, found {type(data).__name__}.")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _RULES:
+            close = difflib.get_close_matches(str(key), _RULES, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{source}: unknown key '{key}'.{hint} "
+                              f"Allowed keys: {', '.join(_RULES)}.")
+        values[key] = _check(key, value, source)
+    return Config(**values, base_dir=base_dir)
+
+
+def load_config(path: Path) -> Config:
+    """Read config.yaml, writing the commented defaults first when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc}).") from None
+    return parse_config(text, source=str(path), base_dir=path.resolve().parent)
+
+
+class ConfigWatcher:
+    """Hands out the current Config, re-reading config.yaml when it changed on disk.
+
+    Called once per message, so a saved edit applies to the next message without a restart.
+    An invalid edit keeps the last good settings and reports the error; keys that only apply at
+    start-up keep their start-up values and are reported as needing a restart.
+    """
+
+    def __init__(self, path: Path, initial: Config):
+        self.path = Path(path)
+        self._startup = initial
+        self._current = initial
+        self._stamp = self._read_stamp()
+        self._lock = threading.Lock()
+        self.error: str | None = None
+        self.restart_needed: tuple[str, ...] = ()
+
+    def _read_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def current(self) -> Config:
+        with self._lock:
+            stamp = self._read_stamp()
+            if stamp is None or stamp == self._stamp:
+                return self._current
+            self._stamp = stamp
+            try:
+                fresh = load_config(self.path)
+            except ConfigError as exc:
+                self.error = str(exc)
+                return self._current
+            self.error = None
+            self.restart_needed = tuple(
+                k for k in RESTART_KEYS if getattr(fresh, k) != getattr(self._startup, k))
+            keep = {k: getattr(self._startup, k) for k in RESTART_KEYS}
+            self._current = dataclasses.replace(fresh, **keep)
+            return self._current

@@ -1,0 +1,21 @@
+"""Domain errors, defined once. Each carries a message a user can act on."""
+
+
+class QwenChatError(Exception):
+    """Base class: the message is meant for the user, never a stack trace."""
+
+
+class ConfigError(QwenChatError):
+    """config.yaml is invalid: the message names the key, the value and what is allowed."""
+
+
+class ModelLoadError(QwenChatError):
+    """The model could not be downloaded or loaded: the message says what to do."""
+
+
+class GenerationError(QwenChatError):
+    """Generation failed inside the worker thread; the original exception is chained."""
+
+
+class NotFound(QwenChatError):
+    """A conversation does not exist or belongs to another browser."""

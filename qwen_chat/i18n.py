@@ -1,0 +1,71 @@
+"""UI text in English and Chinese. Static labels go through gr.I18n (the browser picks the
+language); text built on the server (status line, notices) follows the Accept-Language header."""
+
+from __future__ import annotations
+
+EN = {
+    "title": "Qwen Chat",
+    "subtitle": "Private chat with Qwen2.5 on this computer. Nothing leaves your machine.",
+    "welcome": "### Hello! 👋\nAsk me anything: I answer in English, 中文 and more. "
+               "Press **Enter** to send.",
+    "conversations": "Conversations",
+    "new_chat": "+ New chat",
+    "rename_placeholder": "New title",
+    "rename": "Rename",
+    "delete": "Delete",
+    "confirm_delete": "Delete this conversation?",
+    "yes_delete": "Yes, delete",
+    "cancel": "Cancel",
+    "message_placeholder": "Type a message, Enter to send",
+    "send": "Send",
+    "stop": "Stop",
+    "retry": "Retry",
+    "thinking": "Thinking…",
+    "status": "First token {ttft:.2f} s · {tps:.1f} tokens/s · {tokens} tokens",
+    "status_short": "First token {ttft:.2f} s · {tokens} tokens",
+    "stopped": "stopped",
+    "interrupted": "interrupted",
+    "error": "error",
+    "restart_needed": "Saved config.yaml: restart the app to apply {keys}.",
+    "config_invalid": "config.yaml was not applied: {error}",
+}
+
+ZH = {
+    "title": "Qwen Chat",
+    "subtitle": "在本机与 Qwen2.5 私密聊天，数据不会离开你的电脑。",
+    "welcome": "### 你好！👋\n有什么可以帮你？中文、English 都可以。按 **Enter** 发送。",
+    "conversations": "对话",
+    "new_chat": "+ 新对话",
+    "rename_placeholder": "新标题",
+    "rename": "重命名",
+    "delete": "删除",
+    "confirm_delete": "确定删除这个对话？",
+    "yes_delete": "确定删除",
+    "cancel": "取消",
+    "message_placeholder": "输入消息，按 Enter 发送",
+    "send": "发送",
+    "stop": "停止",
+    "retry": "重试",
+    "thinking": "思考中…",
+    "status": "首字 {ttft:.2f} 秒 · {tps:.1f} token/秒 · {tokens} 个 token",
+    "status_short": "首字 {ttft:.2f} 秒 · {tokens} 个 token",
+    "stopped": "已停止",
+    "interrupted": "已中断",
+    "error": "出错",
+    "restart_needed": "已保存 config.yaml：{keys} 需要重启应用才能生效。",
+    "config_invalid": "config.yaml 未生效：{error}",
+}
+
+# gr.I18n locales: browsers report zh-CN, zh-TW, ... and gradio also falls back to "zh".
+TRANSLATIONS = {"en": EN, "zh": ZH, "zh-CN": ZH, "zh-TW": ZH, "zh-HK": ZH}
+
+
+def language(accept_language: str | None) -> str:
+    """'zh' when the browser's first preferred language is Chinese, else 'en'."""
+    first = (accept_language or "").split(",")[0].strip().lower()
+    return "zh" if first.startswith("zh") else "en"
+
+
+def text(lang: str, key: str, **values) -> str:
+    table = ZH if lang == "zh" else EN
+    return table[key].format(**values) if values else table[key]

@@ -1,0 +1,183 @@
+"""Conversations and messages in SQLite, through sqlite-utils. Plain dataclasses out, no SQL leaks.
+
+One connection shared by Gradio's worker threads (`check_same_thread=False`), every use under one
+lock: the app's write rate (a few rows a second) is far below what one serialized connection
+handles, and it rules out "database is locked" between our own threads. WAL keeps a reader in
+another process (a backup, sqlite3 CLI) from blocking us.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from .errors import NotFound
+
+# A reply's status. "streaming" found at start-up means the app died mid-reply: "interrupted".
+COMPLETE, STREAMING, STOPPED, ERROR, INTERRUPTED = (
+    "complete", "streaming", "stopped", "error", "interrupted")
+
+migrations = Migrations("qwen_chat")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db.execute("""CREATE TABLE conversations (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT NOT NULL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL)""")
+    db.execute("""CREATE TABLE messages (
+        id INTEGER PRIMARY KEY, conversation_id TEXT NOT NULL
+            REFERENCES conversations(id) ON DELETE CASCADE,
+        role TEXT NOT NULL, content TEXT NOT NULL, created_at REAL NOT NULL)""")
+    db.execute("CREATE INDEX idx_conversations_owner ON conversations(owner, updated_at)")
+    db.execute("CREATE INDEX idx_messages_conversation ON messages(conversation_id, id)")
+
+
+@migrations()
+def m002_reply_status_and_figures(db: sqlite_utils.Database) -> None:
+    """Replies are saved while they stream: record how each ended and how fast it came."""
+    messages = db.table("messages")
+    messages.add_column("status", str, not_null_default=COMPLETE)
+    messages.add_column("updated_at", float)
+    messages.add_column("error", str)
+    for column in ("prompt_tokens", "new_tokens"):
+        messages.add_column(column, int)
+    for column in ("ttft", "tokens_per_s"):
+        messages.add_column(column, float)
+    db.execute("UPDATE messages SET updated_at = created_at")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: str
+    owner: str
+    title: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    conversation_id: str
+    role: str
+    content: str
+    created_at: float
+    status: str = COMPLETE
+    updated_at: float | None = None
+    error: str | None = None
+    prompt_tokens: int | None = None
+    new_tokens: int | None = None
+    ttft: float | None = None
+    tokens_per_s: float | None = None
+
+
+def _row_to(cls, row: dict):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in row.items() if k in names})
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=10)
+    db = sqlite_utils.Database(conn)
+    # Pragmas outside any transaction. WAL + NORMAL survives a process kill without corruption.
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=10000")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+class Store:
+    """The app's SQLite file. Runs pending migrations and repairs an interrupted reply on open."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.db = connect(self.path)
+        self._lock = threading.RLock()
+        with self._lock:
+            migrations.apply(self.db)
+            self.db.execute("UPDATE messages SET status = ? WHERE status = ?",
+                            [INTERRUPTED, STREAMING])
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    # Conversations -------------------------------------------------------------------------
+    def create_conversation(self, owner: str, title: str) -> Conversation:
+        now = time.time()
+        # 128 random bits: a conversation id is not guessable from another browser.
+        row = dict(id=secrets.token_hex(16), owner=owner, title=title,
+                   created_at=now, updated_at=now)
+        with self._lock:
+            self.db.table("conversations").insert(row)
+        return Conversation(**row)
+
+    def list_conversations(self, owner: str) -> list[Conversation]:
+        with self._lock:
+            rows = list(self.db.query(
+                "SELECT * FROM conversations WHERE owner = ? ORDER BY updated_at DESC, rowid DESC",
+                [owner]))
+        return [_row_to(Conversation, r) for r in rows]
+
+    def get_conversation(self, owner: str, conversation_id: str) -> Conversation:
+        with self._lock:
+            rows = list(self.db.query(
+                "SELECT * FROM conversations WHERE id = ? AND owner = ?",
+                [conversation_id, owner]))
+        if not rows:
+            raise NotFound(f"Conversation {conversation_id!r} not found.")
+        return _row_to(Conversation, rows[0])
+
+    def rename_conversation(self, owner: str, conversation_id: str, title: str) -> Conversation:
+        with self._lock:
+            self.get_conversation(owner, conversation_id)
+            self.db.table("conversations").update(conversation_id, {"title": title})
+            return self.get_conversation(owner, conversation_id)
+
+    def delete_conversation(self, owner: str, conversation_id: str) -> None:
+        with self._lock, self.db.atomic():
+            self.get_conversation(owner, conversation_id)
+            self.db.execute("DELETE FROM messages WHERE conversation_id = ?", [conversation_id])
+            self.db.execute("DELETE FROM conversations WHERE id = ?", [conversation_id])
+
+    # Messages ------------------------------------------------------------------------------
+    def add_message(self, conversation_id: str, role: str, content: str, *,
+                    status: str = COMPLETE) -> Message:
+        """Insert and commit a message (and bump its conversation to the top of the list)."""
+        now = time.time()
+        row = dict(conversation_id=conversation_id, role=role, content=content,
+                   created_at=now, updated_at=now, status=status)
+        with self._lock, self.db.atomic():
+            table = self.db.table("messages")
+            table.insert(row)
+            message_id = table.last_rowid
+            self.db.table("conversations").update(conversation_id, {"updated_at": now})
+        return Message(id=message_id, **row)
+
+    def update_message(self, message_id: int, **changes) -> None:
+        """Commit new content, status or figures of a message (used while a reply streams)."""
+        changes["updated_at"] = time.time()
+        with self._lock:
+            self.db.table("messages").update(message_id, changes)
+
+    def delete_message(self, message_id: int) -> None:
+        with self._lock:
+            self.db.execute("DELETE FROM messages WHERE id = ?", [message_id])
+
+    def messages(self, owner: str, conversation_id: str) -> list[Message]:
+        with self._lock:
+            self.get_conversation(owner, conversation_id)
+            rows = list(self.db.query(
+                "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", [conversation_id]))
+        return [_row_to(Message, r) for r in rows]

@@ -1,0 +1,214 @@
+"""The web page: Gradio Blocks over the chat service. No SQL and no model code here.
+
+Each browser gets a stable anonymous owner id kept in gr.BrowserState (encrypted with a secret
+from the data folder, so it survives restarts); every call to the service is scoped to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+
+import gradio as gr
+
+from . import i18n
+from .chat import ChatService, ReplyUpdate
+from .errors import NotFound
+from .store import COMPLETE, STREAMING, Message
+
+log = logging.getLogger(__name__)
+
+LATEX = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "\\[", "right": "\\]", "display": True},
+    {"left": "\\(", "right": "\\)", "display": False},
+]
+CSS = """
+#title h1, #title p { font-size: 1.6em; font-weight: 700; margin: 0; }
+#status { min-height: 1.5em; opacity: .75; font-size: .9em; }
+#conversations label { width: 100%; }
+"""
+GENERATE = "generate"  # one concurrency group: the model serves one reply at a time
+
+
+def lang_of(request: gr.Request | None) -> str:
+    headers = getattr(request, "headers", None) or {}
+    return i18n.language(headers.get("accept-language"))
+
+
+def shown(message: Message, lang: str) -> dict:
+    """A stored message as the chatbot shows it; a reply that did not complete says so."""
+    content = message.content
+    if message.role == "assistant" and message.status not in (COMPLETE, STREAMING):
+        note = i18n.text(lang, message.status if message.status in i18n.EN else "error")
+        detail = f": {message.error}" if message.error else ""
+        content = f"{content}\n\n*⚠ {note}{detail}*".strip()
+    return {"role": message.role, "content": content}
+
+
+def status_line(update: ReplyUpdate, lang: str) -> str:
+    stats = update.stats
+    if stats.ttft is None:
+        return i18n.text(lang, "thinking") if update.status == STREAMING else ""
+    if stats.tokens_per_s is None:
+        return i18n.text(lang, "status_short", ttft=stats.ttft, tokens=stats.new_tokens)
+    return i18n.text(lang, "status", ttft=stats.ttft, tps=stats.tokens_per_s,
+                     tokens=stats.new_tokens)
+
+
+def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
+    t = gr.I18n(**i18n.TRANSLATIONS)
+    notified: set[str] = set()
+
+    def choices(owner: str) -> list[tuple[str, str]]:
+        return [(c.title, c.id) for c in service.conversations(owner)] if owner else []
+
+    def chat_of(owner: str, conversation_id: str | None, lang: str) -> list[dict]:
+        if not (owner and conversation_id):
+            return []
+        return [shown(m, lang) for m in service.messages(owner, conversation_id)]
+
+    def notify_config(lang: str) -> None:
+        """Tell the user once per change that an edit was rejected or needs a restart."""
+        watcher = service.settings
+        watcher.current()
+        notes = []
+        if watcher.error:
+            notes.append(i18n.text(lang, "config_invalid", error=watcher.error))
+        if watcher.restart_needed:
+            notes.append(i18n.text(lang, "restart_needed", keys=", ".join(watcher.restart_needed)))
+        for note in notes:
+            if note not in notified:
+                notified.add(note)
+                log.warning("%s", note)
+                gr.Warning(note)
+
+    def on_load(owner, request: gr.Request):
+        lang = lang_of(request)
+        owner = owner or secrets.token_hex(16)
+        convs = choices(owner)
+        current = convs[0][1] if convs else None
+        return (owner, gr.update(choices=convs, value=current), current,
+                chat_of(owner, current, lang), "")
+
+    def take_message(text: str, chat: list):
+        """Show the user's message at once and clear the box; the reply streams next."""
+        if not text or not text.strip():
+            return "", chat, ""
+        return "", chat + [{"role": "user", "content": text}], text
+
+    def stream(updates, owner: str, chat: list, lang: str, known: str | None):
+        """Relay a service stream to (chatbot, current, conversation list, status)."""
+        chat = list(chat) + [{"role": "assistant", "content": ""}]
+        with contextlib.closing(updates):
+            for update in updates:
+                message = Message(update.message_id, update.conversation.id, "assistant",
+                                  update.text, 0.0, status=update.status, error=update.error)
+                chat[-1] = shown(message, lang)
+                listing = gr.skip()
+                if update.conversation.id != known:  # a new conversation: list and select it
+                    known = update.conversation.id
+                    listing = gr.update(choices=choices(owner), value=known)
+                yield chat, known, listing, status_line(update, lang)
+
+    def send(owner, current, text, chat, request: gr.Request):
+        if not text:
+            return
+        lang = lang_of(request)
+        notify_config(lang)
+        yield from stream(service.send(owner, current, text), owner, chat, lang, current)
+
+    def retry(owner, current, request: gr.Request):
+        if not current:
+            return
+        lang = lang_of(request)
+        notify_config(lang)
+        chat = chat_of(owner, current, lang)
+        if chat and chat[-1]["role"] == "assistant":
+            chat = chat[:-1]
+        yield from stream(service.retry(owner, current), owner, chat, lang, current)
+
+    def open_conversation(owner, conversation_id, request: gr.Request):
+        try:
+            return conversation_id, chat_of(owner, conversation_id, lang_of(request)), ""
+        except NotFound:
+            return None, [], ""
+
+    def rename(owner, current, title):
+        if current and title and title.strip():
+            service.rename(owner, current, title)
+        return gr.update(choices=choices(owner), value=current), ""
+
+    def delete(owner, current):
+        if current:
+            with contextlib.suppress(NotFound):
+                service.delete(owner, current)
+        return None, [], gr.update(choices=choices(owner), value=None), gr.update(visible=False)
+
+    with gr.Blocks(title="Qwen Chat", analytics_enabled=False) as demo:
+        owner = gr.BrowserState(None, storage_key="qwen_chat_owner", secret=secret)
+        current = gr.State(None)
+        pending = gr.State("")
+        with gr.Sidebar(open=True):
+            gr.Markdown(f"### {t('conversations')}")
+            new_btn = gr.Button(t("new_chat"), variant="primary", elem_id="new-chat")
+            conversations = gr.Radio(choices=[], show_label=False, elem_id="conversations")
+            with gr.Row():
+                title_box = gr.Textbox(placeholder=t("rename_placeholder"), show_label=False,
+                                       scale=3, elem_id="rename-box")
+                rename_btn = gr.Button(t("rename"), size="sm", scale=1, elem_id="rename")
+            delete_btn = gr.Button(t("delete"), size="sm", variant="stop", elem_id="delete")
+            with gr.Group(visible=False) as confirm_box:
+                gr.Markdown(t("confirm_delete"))
+                with gr.Row():
+                    yes_btn = gr.Button(t("yes_delete"), size="sm", variant="stop",
+                                        elem_id="confirm-delete")
+                    no_btn = gr.Button(t("cancel"), size="sm")
+        gr.Markdown(t("title"), elem_id="title")
+        gr.Markdown(t("subtitle"), elem_id="subtitle")
+        chatbot = gr.Chatbot(elem_id="chatbot", height=520, latex_delimiters=LATEX,
+                             buttons=["copy"], placeholder=t("welcome"),
+                             feedback_options=None, show_label=False)
+        with gr.Row():
+            box = gr.Textbox(placeholder=t("message_placeholder"), show_label=False, lines=1,
+                             max_lines=8, scale=8, autofocus=True, elem_id="message")
+            send_btn = gr.Button(t("send"), variant="primary", scale=0, min_width=90,
+                                 elem_id="send")
+            stop_btn = gr.Button(t("stop"), variant="stop", scale=0, min_width=90, elem_id="stop")
+            retry_btn = gr.Button(t("retry"), scale=0, min_width=90, elem_id="retry")
+        status = gr.Markdown("", elem_id="status")
+
+        private = dict(api_visibility="private")
+        outputs = [chatbot, current, conversations, status]
+        demo.load(on_load, [owner], [owner, conversations, current, chatbot, status], **private)
+        streams = []
+        for trigger in (box.submit, send_btn.click):
+            streams.append(
+                trigger(take_message, [box, chatbot], [box, chatbot, pending], queue=False,
+                        **private)
+                .then(send, [owner, current, pending, chatbot], outputs,
+                      concurrency_limit=1, concurrency_id=GENERATE, **private))
+        for trigger in (retry_btn.click, chatbot.retry):
+            streams.append(trigger(retry, [owner, current], outputs, concurrency_limit=1,
+                                   concurrency_id=GENERATE, **private))
+        stop_btn.click(None, cancels=streams, **private)
+        conversations.input(open_conversation, [owner, conversations],
+                            [current, chatbot, status], **private)
+        # The chatbot's own clear icon only empties the view: it starts a new chat, deletes nothing.
+        for trigger in (new_btn.click, chatbot.clear):
+            trigger(lambda: (None, [], gr.update(value=None), ""),
+                    outputs=[current, chatbot, conversations, status], **private)
+        for trigger in (rename_btn.click, title_box.submit):
+            trigger(rename, [owner, current, title_box], [conversations, title_box], **private)
+        delete_btn.click(lambda c: gr.update(visible=bool(c)), [current], [confirm_box],
+                         **private)
+        no_btn.click(lambda: gr.update(visible=False), outputs=[confirm_box], **private)
+        yes_btn.click(delete, [owner, current], [current, chatbot, conversations, confirm_box],
+                      **private)
+    return demo
+
+
+def launch_options() -> dict:
+    """Options that Gradio 6 takes at launch() rather than in Blocks()."""
+    return dict(i18n=gr.I18n(**i18n.TRANSLATIONS), css=CSS, theme=gr.themes.Soft())
