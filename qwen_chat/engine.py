@@ -97,10 +97,16 @@ class Generation:
 
     def _run(self, engine: "Engine", kwargs: dict) -> None:
         try:
-            with engine.lock:
+            # Wait for the engine, but give up at once when cancelled while waiting.
+            while not engine.lock.acquire(timeout=POLL_INTERVAL):
+                if self.cancel.is_set():
+                    return
+            try:
                 if not self.cancel.is_set():
                     with torch.inference_mode():
                         engine.model.generate(**kwargs)
+            finally:
+                engine.lock.release()
         except BaseException as exc:  # noqa: BLE001 - kept and re-raised in the consumer
             self._error = exc
         finally:

@@ -1,0 +1,135 @@
+"""The SQLite store on a real temporary file: conversations, messages, migrations, recovery."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+import sqlite_utils
+
+from qwen_chat.errors import NotFound
+from qwen_chat.store import Store, connect, migrations
+
+ALICE, BOB = "a" * 32, "b" * 32
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "chat.db")
+    yield s
+    s.close()
+
+
+def test_create_list_rename_delete(store):
+    first = store.create_conversation(ALICE, "First")
+    time.sleep(0.01)
+    second = store.create_conversation(ALICE, "Second")
+    assert [c.title for c in store.list_conversations(ALICE)] == ["Second", "First"]
+    assert len(first.id) == 32 and first.id != second.id
+
+    store.rename_conversation(ALICE, first.id, "Renamed")
+    assert store.get_conversation(ALICE, first.id).title == "Renamed"
+
+    store.add_message(first.id, "user", "hello")
+    store.delete_conversation(ALICE, first.id)
+    assert [c.title for c in store.list_conversations(ALICE)] == ["Second"]
+    rows = sqlite3.connect(store.path).execute(
+        "SELECT count(*) FROM messages WHERE conversation_id = ?", [first.id]).fetchone()
+    assert rows == (0,)
+
+
+def test_a_new_message_moves_its_conversation_to_the_top(store):
+    old = store.create_conversation(ALICE, "Old")
+    time.sleep(0.01)
+    store.create_conversation(ALICE, "New")
+    time.sleep(0.01)
+    store.add_message(old.id, "user", "bump")
+    assert [c.title for c in store.list_conversations(ALICE)] == ["Old", "New"]
+
+
+def test_messages_keep_order_text_and_figures(store):
+    conv = store.create_conversation(ALICE, "t")
+    text = "中文 emoji 🎉 RTL שלום zero\u200bwidth NUL\x00end <script>x</script>"
+    store.add_message(conv.id, "user", text)
+    reply = store.add_message(conv.id, "assistant", "", status="streaming")
+    store.update_message(reply.id, content="Hi", status="complete", prompt_tokens=12,
+                         new_tokens=3, ttft=0.25, tokens_per_s=20.5)
+    user, assistant = store.messages(ALICE, conv.id)
+    assert user.content == text and user.role == "user"
+    assert (assistant.content, assistant.status, assistant.new_tokens) == ("Hi", "complete", 3)
+    assert (assistant.prompt_tokens, assistant.ttft, assistant.tokens_per_s) == (12, 0.25, 20.5)
+    assert assistant.updated_at >= assistant.created_at > 0
+
+
+def test_another_browser_cannot_see_or_change_a_conversation(store):
+    conv = store.create_conversation(ALICE, "private")
+    assert store.list_conversations(BOB) == []
+    for attempt in (lambda: store.messages(BOB, conv.id),
+                    lambda: store.rename_conversation(BOB, conv.id, "x"),
+                    lambda: store.delete_conversation(BOB, conv.id)):
+        with pytest.raises(NotFound):
+            attempt()
+    assert store.get_conversation(ALICE, conv.id).title == "private"
+
+
+def test_a_reply_cut_by_a_crash_is_marked_interrupted_on_open(tmp_path):
+    path = tmp_path / "chat.db"
+    store = Store(path)
+    conv = store.create_conversation(ALICE, "t")
+    reply = store.add_message(conv.id, "assistant", "partial", status="streaming")
+    store.db.conn.close()  # no clean shutdown
+    reopened = Store(path)
+    [message] = reopened.messages(ALICE, conv.id)
+    assert (message.id, message.content, message.status) == (reply.id, "partial", "interrupted")
+    reopened.close()
+
+
+def test_migrations_upgrade_an_old_schema_and_keep_its_rows(tmp_path):
+    path = tmp_path / "old.db"
+    db = connect(path)
+    migrations.apply(db, stop_before="m002_reply_status_and_figures")
+    db.execute("INSERT INTO conversations VALUES ('c1', ?, 'Old chat', 1.0, 2.0)", [ALICE])
+    db.execute("INSERT INTO messages (conversation_id, role, content, created_at) "
+               "VALUES ('c1', 'user', 'from v1', 1.5)")
+    assert "status" not in db.table("messages").columns_dict
+    db.close()
+
+    store = Store(path)
+    [message] = store.messages(ALICE, "c1")
+    assert (message.content, message.status, message.updated_at) == ("from v1", "complete", 1.5)
+    applied = [m.name for m in migrations.applied(store.db)]
+    assert applied == ["m001_initial", "m002_reply_status_and_figures"]
+    store.close()
+    Store(path).close()  # a second open applies nothing twice
+
+
+def test_wal_mode_and_foreign_keys(store):
+    db = sqlite_utils.Database(sqlite3.connect(store.path))
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_many_threads_write_safely(store):
+    convs = [store.create_conversation(ALICE, f"c{i}") for i in range(4)]
+    errors = []
+
+    def work(conv):
+        try:
+            for n in range(50):
+                m = store.add_message(conv.id, "user", f"{conv.title}-{n}")
+                store.update_message(m.id, content=f"{conv.title}-{n}!")
+                store.list_conversations(ALICE)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in convs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for conv in convs:
+        contents = [m.content for m in store.messages(ALICE, conv.id)]
+        assert contents == [f"{conv.title}-{n}!" for n in range(50)]
