@@ -33,7 +33,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT NOT NULL,
         created_at REAL NOT NULL, updated_at REAL NOT NULL)""")
     db.execute("""CREATE TABLE messages (
-        id INTEGER PRIMARY KEY, conversation_id TEXT NOT NULL
+        id INTEGER PRIMARY KEY AUTOINCREMENT, conversation_id TEXT NOT NULL
             REFERENCES conversations(id) ON DELETE CASCADE,
         role TEXT NOT NULL, content TEXT NOT NULL, created_at REAL NOT NULL)""")
     db.execute("CREATE INDEX idx_conversations_owner ON conversations(owner, updated_at)")

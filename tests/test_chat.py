@@ -1,0 +1,168 @@
+"""The chat service with the tiny model, a real SQLite file and a real config.yaml on disk."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import pytest
+
+from qwen_chat import chat as chat_module
+from qwen_chat.chat import ChatService, title_from
+from qwen_chat.config import ConfigWatcher, load_config
+from qwen_chat.engine import Engine
+from qwen_chat.store import Store
+
+OWNER = "o" * 32
+# Greedy with no penalty: the random tiny model repeats one token and never ends its turn,
+# so a reply runs until max_new_tokens or until it is stopped.
+CONFIG = "temperature: 0\nrepetition_penalty: 1.0\nmax_new_tokens: {n}\nsystem_prompt: Be brief.\n"
+
+
+def write_config(path, text):
+    path.write_text(text, encoding="utf-8")
+    stamp = time.time_ns() + 1_000_000_000
+    os.utime(path, ns=(stamp, stamp))
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_model):
+    config_path = tmp_path / "config.yaml"
+    write_config(config_path, CONFIG.format(n=12))
+    store = Store(tmp_path / "chat.db")
+    service = ChatService(store, Engine(*tiny_model),
+                          ConfigWatcher(config_path, load_config(config_path)))
+    yield service, config_path
+    store.close()
+
+
+def rows(service, conversation_id):
+    """What is on disk, read through a second connection as another process would."""
+    with sqlite3.connect(service.store.path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(
+            "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", [conversation_id])]
+
+
+def test_a_message_and_its_reply_are_stored_with_figures(setup):
+    service, _ = setup
+    updates = list(service.send(OWNER, None, "Hello, how are you?"))
+    final = updates[-1]
+    assert final.status == "complete" and final.text
+    [conv] = service.conversations(OWNER)
+    assert conv.title == "Hello, how are you?" and conv.id == final.conversation.id
+    user, reply = rows(service, conv.id)
+    assert (user["role"], user["content"], user["status"]) == ("user", "Hello, how are you?",
+                                                               "complete")
+    assert (reply["content"], reply["status"], reply["new_tokens"]) == (final.text, "complete", 12)
+    assert reply["prompt_tokens"] > 0 and reply["ttft"] > 0 and reply["tokens_per_s"] > 0
+
+
+def test_the_user_message_is_committed_before_generation_starts(setup):
+    service, _ = setup
+    updates = service.send(OWNER, None, "first")
+    update = next(updates)
+    on_disk = rows(service, update.conversation.id)
+    assert [(r["role"], r["content"], r["status"]) for r in on_disk][0] == ("user", "first",
+                                                                            "complete")
+    assert on_disk[1]["status"] == "streaming"
+    updates.close()
+
+
+def test_the_reply_is_committed_while_it_streams(setup, monkeypatch):
+    service, config_path = setup
+    write_config(config_path, CONFIG.format(n=400))
+    monkeypatch.setattr(chat_module, "SAVE_INTERVAL", 0.0)
+    updates = service.send(OWNER, None, "stream please")
+    seen_on_disk = []
+    for update in updates:
+        if update.text:
+            seen_on_disk.append(rows(service, update.conversation.id)[1]["content"])
+        if len(seen_on_disk) >= 5:
+            break
+    updates.close()
+    assert len(set(seen_on_disk)) > 1  # the stored reply grew while streaming
+    assert all(later.startswith(earlier) for earlier, later in zip(seen_on_disk, seen_on_disk[1:]))
+
+
+def test_stop_keeps_what_was_shown_and_marks_it_stopped(setup):
+    service, config_path = setup
+    write_config(config_path, CONFIG.format(n=5000))
+    updates = service.send(OWNER, None, "long answer please")
+    shown = ""
+    for update in updates:
+        shown = update.text
+        if len(shown) > 10:
+            break
+    updates.close()  # what Gradio does on Stop, a closed tab or a reload
+    reply = rows(service, update.conversation.id)[1]
+    assert (reply["status"], reply["content"]) == ("stopped", shown)
+    assert 0 < reply["new_tokens"] < 5000
+    assert not service.engine.lock.locked()
+
+
+def test_an_engine_error_is_reported_and_stored(setup, tiny_dir):
+    import torch
+
+    from tests.test_engine import _Exploding
+
+    service, _ = setup
+    _Exploding.calls = 0
+    service.engine = Engine(_Exploding.from_pretrained(tiny_dir, dtype=torch.float32),
+                            service.engine.tokenizer)
+    final = list(service.send(OWNER, None, "break please"))[-1]
+    assert final.status == "error" and "kernel exploded" in final.error
+    reply = rows(service, final.conversation.id)[1]
+    assert reply["status"] == "error" and "kernel exploded" in reply["error"]
+
+
+def test_blank_messages_are_ignored(setup):
+    service, _ = setup
+    assert list(service.send(OWNER, None, "  \n\t ")) == []
+    assert service.conversations(OWNER) == []
+
+
+def test_history_setting_and_system_prompt_apply_to_the_next_message(setup):
+    service, config_path = setup
+    final = list(service.send(OWNER, None, "first question"))[-1]
+    cid = final.conversation.id
+    list(service.send(OWNER, cid, "second question"))
+    prompt = service.prompt_messages(OWNER, cid)
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user", "assistant"]
+    assert prompt[0]["content"] == "Be brief."
+
+    write_config(config_path, CONFIG.format(n=12).replace("Be brief.", "Be kind.")
+                 + "enable_history: false\n")
+    service.store.add_message(cid, "user", "third question")
+    prompt = service.prompt_messages(OWNER, cid)
+    assert prompt == [{"role": "system", "content": "Be kind."},
+                      {"role": "user", "content": "third question"}]
+    # Earlier turns are still stored and shown.
+    assert len(service.messages(OWNER, cid)) == 5
+
+
+def test_retry_replaces_the_last_reply(setup):
+    service, _ = setup
+    final = list(service.send(OWNER, None, "question"))[-1]
+    cid = final.conversation.id
+    retried = list(service.retry(OWNER, cid))[-1]
+    assert retried.status == "complete" and retried.message_id != final.message_id
+    messages = service.messages(OWNER, cid)
+    assert [m.role for m in messages] == ["user", "assistant"]
+    assert messages[1].id == retried.message_id
+
+
+def test_conversations_belong_to_one_browser(setup):
+    service, _ = setup
+    final = list(service.send(OWNER, None, "mine"))[-1]
+    assert service.conversations("x" * 32) == []
+    with pytest.raises(Exception, match="not found"):
+        list(service.send("x" * 32, final.conversation.id, "let me in"))
+    assert [m.content for m in service.messages(OWNER, final.conversation.id)][0] == "mine"
+
+
+def test_titles_are_one_line_and_short():
+    assert title_from("  What is\nthe   capital? ") == "What is the capital?"
+    long = title_from("word " * 30)
+    assert len(long) == 40 and long.endswith("…")
