@@ -12,6 +12,7 @@ from typing import Iterator
 import gradio as gr
 
 from .chat import ChatService
+from .errors import NotFound
 
 MIN_OWNER_LENGTH = 16
 
@@ -20,6 +21,13 @@ def _check_owner(owner: str) -> str:
     if not isinstance(owner, str) or len(owner.strip()) < MIN_OWNER_LENGTH:
         raise gr.Error(f"owner must be a secret string of at least {MIN_OWNER_LENGTH} characters.")
     return owner.strip()
+
+
+def _unknown_conversation_as_error(updates):
+    try:
+        yield from updates
+    except NotFound as exc:  # an unknown id, or another owner's: a plain 4xx-style error
+        raise gr.Error(str(exc)) from None
 
 
 def add_api(service: ChatService, *, concurrency_id: str) -> None:
@@ -33,7 +41,7 @@ def add_api(service: ChatService, *, concurrency_id: str) -> None:
             raise gr.Error("message is empty.")
         updates = service.send(owner, conversation_id or None, message)
         with contextlib.closing(updates):
-            for update in updates:
+            for update in _unknown_conversation_as_error(updates):
                 yield {"conversation_id": update.conversation.id, "text": update.text,
                        "status": update.status, "error": update.error,
                        "ttft": update.stats.ttft, "tokens_per_s": update.stats.tokens_per_s,

@@ -14,12 +14,15 @@ from typing import Iterator
 
 from .config import ConfigWatcher
 from .engine import Engine, Sampling, Stats
-from .errors import GenerationError
+from .errors import GenerationError, NotFound
 from .store import COMPLETE, ERROR, STOPPED, STREAMING, Conversation, Message, Store
 
 log = logging.getLogger(__name__)
 
 SAVE_INTERVAL = 1.0  # seconds between commits of a streaming reply
+# While nothing new arrives (prefill, waiting for the engine), the consumer still gets an update
+# this often, so that a closed consumer (Stop, a closed tab) is noticed.
+HEARTBEAT_INTERVAL = 0.25
 TITLE_LENGTH = 40
 # Replies that the model sees again as history: what the user saw, minus failures.
 _HISTORY_STATUSES = {COMPLETE, STOPPED, "interrupted"}
@@ -49,6 +52,13 @@ class ChatService:
     # Conversations, always scoped to one browser's owner id -------------------------------
     def conversations(self, owner: str) -> list[Conversation]:
         return self.store.list_conversations(owner)
+
+    def exists(self, owner: str, conversation_id: str) -> bool:
+        try:
+            self.store.get_conversation(owner, conversation_id)
+        except NotFound:
+            return False
+        return True
 
     def messages(self, owner: str, conversation_id: str) -> list[Message]:
         return self.store.messages(owner, conversation_id)
@@ -109,13 +119,17 @@ class ChatService:
         try:
             generation = self.engine.generate(prompt, sampling)
             stats = generation.stats
-            saved_at = time.monotonic()
+            saved_at = yielded_at = time.monotonic()
             for piece in generation:
+                now = time.monotonic()
                 if piece:
                     parts.append(piece)
-                    if time.monotonic() - saved_at >= SAVE_INTERVAL:
+                    if now - saved_at >= SAVE_INTERVAL:
                         self.store.update_message(reply.id, content="".join(parts))
-                        saved_at = time.monotonic()
+                        saved_at = now
+                elif now - yielded_at < HEARTBEAT_INTERVAL:
+                    continue  # nothing new: wake the consumer only now and then
+                yielded_at = now
                 yield ReplyUpdate(conversation, reply.id, "".join(parts), STREAMING, stats)
             status = COMPLETE
         except GeneratorExit:  # the consumer went away: Stop, a closed tab, a reload

@@ -28,6 +28,8 @@ EN = {
     "error": "error",
     "restart_needed": "Saved config.yaml: restart the app to apply {keys}.",
     "config_invalid": "config.yaml was not applied: {error}",
+    "deleted": "This conversation no longer exists (deleted in another tab).",
+    "gone": "This conversation was deleted (in another tab): your message starts a new one.",
 }
 
 ZH = {
@@ -54,6 +56,8 @@ ZH = {
     "error": "出错",
     "restart_needed": "已保存 config.yaml：{keys} 需要重启应用才能生效。",
     "config_invalid": "config.yaml 未生效：{error}",
+    "deleted": "该对话已不存在（可能在其他标签页中被删除）。",
+    "gone": "该对话已被删除（可能在其他标签页中）：你的消息已放入新对话。",
 }
 
 # gr.I18n locales: browsers report zh-CN, zh-TW, ... and gradio also falls back to "zh".

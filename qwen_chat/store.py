@@ -8,6 +8,7 @@ another process (a backup, sqlite3 CLI) from blocking us.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import threading
@@ -16,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import sqlite_utils
+from sqlite_utils.db import NotFoundError
 from sqlite_utils.migrations import Migrations
 
 from .errors import NotFound
@@ -168,7 +170,7 @@ class Store:
     def update_message(self, message_id: int, **changes) -> None:
         """Commit new content, status or figures of a message (used while a reply streams)."""
         changes["updated_at"] = time.time()
-        with self._lock:
+        with self._lock, contextlib.suppress(NotFoundError):  # its conversation was deleted
             self.db.table("messages").update(message_id, changes)
 
     def delete_message(self, message_id: int) -> None:

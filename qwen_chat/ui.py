@@ -28,6 +28,7 @@ CSS = """
 #title h1, #title p { font-size: 1.6em; font-weight: 700; margin: 0; }
 #status { min-height: 1.5em; opacity: .75; font-size: .9em; }
 #conversations label { width: 100%; }
+#conversations label.selected, #conversations label.selected * { color: white; }
 """
 GENERATE = "generate"  # one concurrency group: the model serves one reply at a time
 
@@ -102,21 +103,29 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         """Relay a service stream to (chatbot, current, conversation list, status)."""
         chat = list(chat) + [{"role": "assistant", "content": ""}]
         with contextlib.closing(updates):
-            for update in updates:
-                message = Message(update.message_id, update.conversation.id, "assistant",
-                                  update.text, 0.0, status=update.status, error=update.error)
-                chat[-1] = shown(message, lang)
-                listing = gr.skip()
-                if update.conversation.id != known:  # a new conversation: list and select it
-                    known = update.conversation.id
-                    listing = gr.update(choices=choices(owner), value=known)
-                yield chat, known, listing, status_line(update, lang)
+            try:
+                for update in updates:
+                    message = Message(update.message_id, update.conversation.id, "assistant",
+                                      update.text, 0.0, status=update.status, error=update.error)
+                    chat[-1] = shown(message, lang)
+                    listing = gr.skip()
+                    if update.conversation.id != known:  # a new conversation: list, select it
+                        known = update.conversation.id
+                        listing = gr.update(choices=choices(owner), value=known)
+                    yield chat, known, listing, status_line(update, lang)
+            except NotFound:  # deleted in another tab of this browser: start afresh
+                gr.Warning(i18n.text(lang, "deleted"))
+                yield [], None, gr.update(choices=choices(owner), value=None), ""
 
     def send(owner, current, text, chat, request: gr.Request):
         if not text:
             return
         lang = lang_of(request)
         notify_config(lang)
+        if current and not service.exists(owner, current):
+            # Deleted in another tab: keep the message, in a new conversation.
+            gr.Warning(i18n.text(lang, "gone"))
+            current, chat = None, chat[-1:]
         yield from stream(service.send(owner, current, text), owner, chat, lang, current)
 
     def retry(owner, current, request: gr.Request):
@@ -124,7 +133,10 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             return
         lang = lang_of(request)
         notify_config(lang)
-        chat = chat_of(owner, current, lang)
+        try:
+            chat = chat_of(owner, current, lang)
+        except NotFound:
+            chat = []  # the relay below reports it
         if chat and chat[-1]["role"] == "assistant":
             chat = chat[:-1]
         yield from stream(service.retry(owner, current), owner, chat, lang, current)
@@ -193,19 +205,22 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             streams.append(trigger(retry, [owner, current], outputs, concurrency_limit=1,
                                    concurrency_id=GENERATE, **private))
         stop_btn.click(None, cancels=streams, **private)
+        # Leaving a conversation stops its reply (kept as "stopped"): the view belongs to the
+        # conversation the user is looking at.
         conversations.input(open_conversation, [owner, conversations],
-                            [current, chatbot, status], **private)
+                            [current, chatbot, status], cancels=streams, **private)
         # The chatbot's own clear icon only empties the view: it starts a new chat, deletes nothing.
         for trigger in (new_btn.click, chatbot.clear):
             trigger(lambda: (None, [], gr.update(value=None), ""),
-                    outputs=[current, chatbot, conversations, status], **private)
+                    outputs=[current, chatbot, conversations, status], cancels=streams,
+                    **private)
         for trigger in (rename_btn.click, title_box.submit):
             trigger(rename, [owner, current, title_box], [conversations, title_box], **private)
         delete_btn.click(lambda c: gr.update(visible=bool(c)), [current], [confirm_box],
                          **private)
         no_btn.click(lambda: gr.update(visible=False), outputs=[confirm_box], **private)
         yes_btn.click(delete, [owner, current], [current, chatbot, conversations, confirm_box],
-                      **private)
+                      cancels=streams, **private)
     return demo
 
 

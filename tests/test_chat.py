@@ -108,7 +108,6 @@ def test_an_engine_error_is_reported_and_stored(setup, tiny_dir):
     from tests.test_engine import _Exploding
 
     service, _ = setup
-    _Exploding.calls = 0
     service.engine = Engine(_Exploding.from_pretrained(tiny_dir, dtype=torch.float32),
                             service.engine.tokenizer)
     final = list(service.send(OWNER, None, "break please"))[-1]

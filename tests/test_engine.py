@@ -84,11 +84,9 @@ def test_closing_one_generation_leaves_another_running(engine):
 
 class _Exploding(Qwen2ForCausalLM):
     """A real tiny model whose third forward pass fails, as a broken kernel or OOM would."""
-    calls = 0
-
     def forward(self, *args, **kwargs):
-        type(self).calls += 1
-        if type(self).calls == 3:
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 3:
             raise RuntimeError("kernel exploded")
         return super().forward(*args, **kwargs)
 

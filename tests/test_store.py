@@ -133,3 +133,11 @@ def test_many_threads_write_safely(store):
     for conv in convs:
         contents = [m.content for m in store.messages(ALICE, conv.id)]
         assert contents == [f"{conv.title}-{n}!" for n in range(50)]
+
+
+def test_saving_a_reply_of_a_deleted_conversation_is_harmless(store):
+    conv = store.create_conversation(ALICE, "t")
+    reply = store.add_message(conv.id, "assistant", "", status="streaming")
+    store.delete_conversation(ALICE, conv.id)
+    store.update_message(reply.id, content="late", status="stopped")
+    assert store.list_conversations(ALICE) == []
