@@ -8,12 +8,13 @@ streams (at least once a second), and once more when it ends, however it ends: c
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from .config import ConfigWatcher
-from .engine import Engine, Sampling, Stats
+from .engine import Engine, Generation, Sampling, Stats
 from .errors import GenerationError, NotFound
 from .store import COMPLETE, ERROR, STOPPED, STREAMING, Conversation, Message, Store
 
@@ -48,6 +49,9 @@ def title_from(text: str) -> str:
 class ChatService:
     def __init__(self, store: Store, engine: Engine, settings: ConfigWatcher):
         self.store, self.engine, self.settings = store, engine, settings
+        # session -> (its reply being generated, that reply's conversation id)
+        self._active: dict[str, tuple[Generation, str]] = {}
+        self._active_lock = threading.Lock()
 
     # Conversations, always scoped to one browser's owner id -------------------------------
     def conversations(self, owner: str) -> list[Conversation]:
@@ -70,10 +74,12 @@ class ChatService:
         self.store.delete_conversation(owner, conversation_id)
 
     # Replies --------------------------------------------------------------------------------
-    def send(self, owner: str, conversation_id: str | None, text: str) -> Iterator[ReplyUpdate]:
+    def send(self, owner: str, conversation_id: str | None, text: str, *,
+             session: str | None = None) -> Iterator[ReplyUpdate]:
         """Store the user's message (a new conversation if none is given), then stream a reply.
 
         A message with nothing but white space is ignored: nothing is stored or yielded.
+        `session` names the caller (a browser tab) so that `stop(session)` can end this reply.
         """
         if not text or not text.strip():
             return
@@ -82,9 +88,10 @@ class ChatService:
         else:
             conversation = self.store.create_conversation(owner, title_from(text))
         self.store.add_message(conversation.id, "user", text)
-        yield from self._reply(owner, conversation)
+        yield from self._reply(owner, conversation, session)
 
-    def retry(self, owner: str, conversation_id: str) -> Iterator[ReplyUpdate]:
+    def retry(self, owner: str, conversation_id: str, *,
+              session: str | None = None) -> Iterator[ReplyUpdate]:
         """Replace the last reply with a new one (or answer a last user message left unanswered)."""
         conversation = self.store.get_conversation(owner, conversation_id)
         history = self.store.messages(owner, conversation_id)
@@ -93,7 +100,7 @@ class ChatService:
             history = history[:-1]
         if not history or history[-1].role != "user":
             return
-        yield from self._reply(owner, conversation)
+        yield from self._reply(owner, conversation, session)
 
     def prompt_messages(self, owner: str, conversation_id: str) -> list[dict]:
         """What the model sees: the system prompt, then the history (or only the last message)."""
@@ -107,7 +114,30 @@ class ChatService:
             messages.insert(0, {"role": "system", "content": config.system_prompt})
         return messages
 
-    def _reply(self, owner: str, conversation: Conversation) -> Iterator[ReplyUpdate]:
+    def stop(self, session: str) -> str | None:
+        """End the reply streaming for `session` (a Stop click); other sessions are untouched.
+
+        The generation ends within one decode step and is saved as "stopped". Returns the id of
+        the conversation it belongs to, or None when that session had nothing streaming.
+        """
+        with self._active_lock:
+            active = self._active.get(session)
+        if active is None:
+            return None
+        active[0].cancel.set()
+        return active[1]
+
+    def wait_saved(self, owner: str, conversation_id: str, *, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until no reply of the conversation is still streaming."""
+        deadline = time.monotonic() + timeout
+        while any(m.status == STREAMING for m in self.store.messages(owner, conversation_id)):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _reply(self, owner: str, conversation: Conversation,
+               session: str | None) -> Iterator[ReplyUpdate]:
         config = self.settings.current()
         sampling = Sampling(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens,
@@ -119,6 +149,9 @@ class ChatService:
         try:
             generation = self.engine.generate(prompt, sampling)
             stats = generation.stats
+            if session is not None:
+                with self._active_lock:
+                    self._active[session] = (generation, conversation.id)
             saved_at = yielded_at = time.monotonic()
             for piece in generation:
                 now = time.monotonic()
@@ -131,7 +164,7 @@ class ChatService:
                     continue  # nothing new: wake the consumer only now and then
                 yielded_at = now
                 yield ReplyUpdate(conversation, reply.id, "".join(parts), STREAMING, stats)
-            status = COMPLETE
+            status = STOPPED if generation.cancel.is_set() else COMPLETE
         except GeneratorExit:  # the consumer went away: Stop, a closed tab, a reload
             status = STOPPED
             raise
@@ -141,6 +174,9 @@ class ChatService:
         finally:
             if generation is not None:
                 generation.close()
+                with self._active_lock:
+                    if self._active.get(session, (None,))[0] is generation:
+                        del self._active[session]
             if status == STREAMING:  # an unexpected exception is on its way up
                 status, error = ERROR, "unexpected error, see the terminal"
             self.store.update_message(

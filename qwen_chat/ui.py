@@ -126,7 +126,8 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             # Deleted in another tab: keep the message, in a new conversation.
             gr.Warning(i18n.text(lang, "gone"))
             current, chat = None, chat[-1:]
-        yield from stream(service.send(owner, current, text), owner, chat, lang, current)
+        updates = service.send(owner, current, text, session=request.session_hash)
+        yield from stream(updates, owner, chat, lang, current)
 
     def retry(owner, current, request: gr.Request):
         if not current:
@@ -139,7 +140,16 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             chat = []  # the relay below reports it
         if chat and chat[-1]["role"] == "assistant":
             chat = chat[:-1]
-        yield from stream(service.retry(owner, current), owner, chat, lang, current)
+        updates = service.retry(owner, current, session=request.session_hash)
+        yield from stream(updates, owner, chat, lang, current)
+
+    def stop(owner, request: gr.Request):
+        """Stop this tab's reply, then show it as saved: marked "stopped"."""
+        conversation_id = service.stop(request.session_hash)
+        if not conversation_id:
+            return gr.skip()
+        service.wait_saved(owner, conversation_id)
+        return chat_of(owner, conversation_id, lang_of(request))
 
     def open_conversation(owner, conversation_id, request: gr.Request):
         try:
@@ -204,6 +214,9 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         for trigger in (retry_btn.click, chatbot.retry):
             streams.append(trigger(retry, [owner, current], outputs, concurrency_limit=1,
                                    concurrency_id=GENERATE, **private))
+        # Stop ends this tab's reply through the service (it then ends, saved and marked, within
+        # one decode step); cancelling the events also drops a reply still waiting in the queue.
+        stop_btn.click(stop, [owner], [chatbot], queue=False, **private)
         stop_btn.click(None, cancels=streams, **private)
         # Leaving a conversation stops its reply (kept as "stopped"): the view belongs to the
         # conversation the user is looking at.

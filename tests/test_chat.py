@@ -165,3 +165,28 @@ def test_titles_are_one_line_and_short():
     assert title_from("  What is\nthe   capital? ") == "What is the capital?"
     long = title_from("word " * 30)
     assert len(long) == 40 and long.endswith("…")
+
+
+def test_stop_ends_only_the_reply_of_its_own_session(setup):
+    service, config_path = setup
+    write_config(config_path, CONFIG.format(n=5000))
+    first = service.send(OWNER, None, "tab one", session="tab-1")
+    update = next(u for u in first if u.text)
+    second = service.send("t" * 32, None, "tab two", session="tab-2")
+    waiting = next(second)  # waits for the engine, which the first reply holds
+    assert waiting.text == "" and waiting.status == "streaming"
+
+    assert service.stop("tab-2") == waiting.conversation.id
+    assert list(second)[-1].status == "stopped"
+    assert service.stop("no-such-tab") is None
+
+    tokens = update.stats.new_tokens  # live figures of the first reply
+    time.sleep(0.3)
+    assert update.stats.new_tokens > tokens  # the first reply went on
+
+    assert service.stop("tab-1") == update.conversation.id
+    final = list(first)[-1]
+    assert final.status == "stopped"
+    assert service.wait_saved(OWNER, update.conversation.id)
+    stored = rows(service, update.conversation.id)[1]
+    assert (stored["status"], stored["content"]) == ("stopped", final.text)

@@ -1,0 +1,89 @@
+"""The page's controls in a real headless Chromium: welcome text, Stop, rendering, rename, delete.
+
+Stop must end the generation itself: the reply is saved as "stopped" with far fewer tokens than
+allowed, the page shows it marked, and the next question is answered at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from tests.server import app_servers  # noqa: F401 - fixture
+from tests.test_browser import SHOTS, browser, open_app, send  # noqa: F401 - browser is a fixture
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+MAX_TOKENS = 1500  # a story this long would take minutes: Stop must cut it short
+
+
+def replies(db_path) -> list[dict]:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(
+            "SELECT * FROM messages WHERE role = 'assistant' ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def wait_for(predicate, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+    return result
+
+
+def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)
+    server = app_servers(model=gguf_path, extra_config={"max_new_tokens": MAX_TOKENS,
+                                                        "temperature": 0.7})
+    page = open_app(browser.new_context(viewport={"width": 1280, "height": 900}), server.url)
+    chatbot = page.locator("#chatbot")
+    bot = chatbot.locator('[data-testid="bot"]')
+
+    # A new user is greeted and told how to send.
+    expect(chatbot).to_contain_text("Press Enter to send")
+
+    # Stop mid-reply: the generation ends, the partial reply is kept and marked.
+    send(page, "Write a very long story about a brave dragon and a clever knight.")
+    wait_for(lambda: len(bot.last.inner_text()) > 40 if bot.count() else False)
+    page.locator("#stop").click()
+    stopped = wait_for(lambda: [r for r in replies(server.db_path) if r["status"] != "streaming"])
+    assert stopped[0]["status"] == "stopped", stopped
+    assert 0 < stopped[0]["new_tokens"] < MAX_TOKENS / 2
+    expect(bot.last).to_contain_text("stopped")
+    tokens_at_stop = stopped[0]["new_tokens"]
+    time.sleep(1.0)
+    assert replies(server.db_path)[0]["new_tokens"] == tokens_at_stop  # nothing ran on
+
+    # The next message is answered: the engine is free again. Markdown and LaTeX render.
+    send(page, "Say **hello** to $$E = mc^2$$ please")
+    user = chatbot.locator('[data-testid="user"]').last
+    expect(user.locator("strong")).to_have_text("hello")
+    expect(user.locator(".katex").first).to_be_visible()
+    page.locator("#stop").click()  # no need to read the whole reply
+    wait_for(lambda: all(r["status"] != "streaming" for r in replies(server.db_path))
+             and len(replies(server.db_path)) == 2)
+    assert replies(server.db_path)[1]["new_tokens"] > 0
+
+    # Rename, then delete (after a confirmation) the conversation.
+    listing = page.locator("#conversations label")
+    expect(listing).to_have_count(1)
+    page.locator("#rename-box textarea, #rename-box input").first.fill("Dragon story")
+    page.locator("#rename").click()
+    expect(listing).to_have_text(["Dragon story"])
+    page.screenshot(path=SHOTS / "browser-controls.png")
+    page.locator("#delete").click()
+    page.locator("#confirm-delete").click()
+    expect(listing).to_have_count(0)
+    expect(chatbot.locator('[data-testid="user"]')).to_have_count(0)
+    wait_for(lambda: replies(server.db_path) == [], timeout=10)  # gone from disk too
+    page.reload()
+    page.locator("#message textarea").wait_for(timeout=60_000)
+    expect(page.locator("#conversations label")).to_have_count(0)
