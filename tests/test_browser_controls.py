@@ -1,4 +1,5 @@
-"""The page's controls in a real headless Chromium: welcome text, Stop, rendering, rename, delete.
+"""The page's controls in a real headless Chromium: welcome text, Stop, rendering, rename, delete,
+a reload mid-reply, and the Chinese interface.
 
 Stop must end the generation itself: the reply is saved as "stopped" with far fewer tokens than
 allowed, the page shows it marked, and the next question is answered at once.
@@ -87,3 +88,19 @@ def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
     page.reload()
     page.locator("#message textarea").wait_for(timeout=60_000)
     expect(page.locator("#conversations label")).to_have_count(0)
+
+    # Reloading the page mid-reply ends the generation too (bounded), keeping the partial reply.
+    send(page, "Write a very long story about a brave dragon and a clever knight.")
+    wait_for(lambda: len(bot.last.inner_text()) > 40 if bot.count() else False)
+    page.reload()
+    [cut] = wait_for(lambda: [r for r in replies(server.db_path) if r["status"] != "streaming"],
+                     timeout=15)
+    assert cut["status"] == "stopped" and 0 < cut["new_tokens"] < MAX_TOKENS / 2, cut
+    time.sleep(1.0)
+    assert replies(server.db_path)[0]["new_tokens"] == cut["new_tokens"]
+    expect(page.locator('#chatbot [data-testid="bot"]').last).to_contain_text("stopped")
+
+    # A Chinese browser gets the Chinese interface.
+    zh = open_app(browser.new_context(locale="zh-CN"), server.url)
+    expect(zh.locator("#new-chat")).to_have_text("+ 新对话")
+    expect(zh.locator("#send")).to_have_text("发送")

@@ -132,3 +132,11 @@ def test_start_up_keys_say_a_restart_is_needed(tmp_path):
     assert current.temperature == 0.1
     assert (current.port, current.model) == (8080, "Qwen/Qwen2.5-0.5B-Instruct")
     assert set(watcher.restart_needed) == {"port", "model"}
+
+
+
+def test_the_shipped_config_yaml_is_valid():
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parent.parent / "config.yaml"
+    assert isinstance(load_config(shipped), Config)
