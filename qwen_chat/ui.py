@@ -94,10 +94,15 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                 chat_of(owner, current, lang), "")
 
     def take_message(text: str, chat: list):
-        """Show the user's message at once and clear the box; the reply streams next."""
+        """Show the user's message at once and clear the box; the reply streams next.
+
+        The box stays locked until the reply ends (however it ends): a second message sent
+        while the first is answered would otherwise land before the first has its conversation.
+        """
         if not text or not text.strip():
-            return "", chat, ""
-        return "", chat + [{"role": "user", "content": text}], text
+            return gr.update(value=""), chat, ""
+        return (gr.update(value="", interactive=False),
+                chat + [{"role": "user", "content": text}], text)
 
     def stream(updates, owner: str, chat: list, lang: str, known: str | None):
         """Relay a service stream to (chatbot, current, conversation list, status)."""
@@ -211,6 +216,8 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                         **private)
                 .then(send, [owner, current, pending, chatbot], outputs,
                       concurrency_limit=1, concurrency_id=GENERATE, **private))
+            streams[-1].then(lambda: gr.update(interactive=True), outputs=[box], queue=False,
+                             **private)
         for trigger in (retry_btn.click, chatbot.retry):
             streams.append(trigger(retry, [owner, current], outputs, concurrency_limit=1,
                                    concurrency_id=GENERATE, **private))

@@ -54,7 +54,10 @@ def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
     # Stop mid-reply: the generation ends, the partial reply is kept and marked.
     send(page, "Write a very long story about a brave dragon and a clever knight.")
     wait_for(lambda: len(bot.last.inner_text()) > 40 if bot.count() else False)
+    box = page.locator("#message textarea")
+    expect(box).to_be_disabled()  # one message at a time: locked while the reply streams
     page.locator("#stop").click()
+    expect(box).to_be_enabled()
     stopped = wait_for(lambda: [r for r in replies(server.db_path) if r["status"] != "streaming"])
     assert stopped[0]["status"] == "stopped", stopped
     assert 0 < stopped[0]["new_tokens"] < MAX_TOKENS / 2
