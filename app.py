@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
     store = Store(data_dir / "chat.db")
     try:
-        service = ChatService(store, Engine(model, tokenizer, name=config.model),
+        engine = Engine(model, tokenizer, name=config.model, kv_cache_mb=config.kv_cache_mb)
+        service = ChatService(store, engine,
                               ConfigWatcher(args.config, config))
         demo = build_ui(service, secret=browser_secret(data_dir))
         with demo:

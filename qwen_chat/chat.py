@@ -72,6 +72,7 @@ class ChatService:
 
     def delete(self, owner: str, conversation_id: str) -> None:
         self.store.delete_conversation(owner, conversation_id)
+        self.engine.forget(conversation_id)
 
     # Replies --------------------------------------------------------------------------------
     def send(self, owner: str, conversation_id: str | None, text: str, *,
@@ -147,7 +148,7 @@ class ChatService:
         parts: list[str] = []
         status, error, stats, generation = STREAMING, None, Stats(), None
         try:
-            generation = self.engine.generate(prompt, sampling)
+            generation = self.engine.generate(prompt, sampling, cache_key=conversation.id)
             stats = generation.stats
             if session is not None:
                 with self._active_lock:

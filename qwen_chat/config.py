@@ -22,7 +22,7 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 # Keys read only at start-up: changing them in a running app needs a restart.
-RESTART_KEYS = ("model", "host", "port", "data_dir", "threads")
+RESTART_KEYS = ("model", "host", "port", "data_dir", "threads", "kv_cache_mb")
 
 DEFAULT_CONFIG_TEXT = f"""\
 # Qwen Chat settings. Save this file: sampling and history settings apply to the next message.
@@ -71,6 +71,11 @@ data_dir: data
 # CPU threads for the model: auto (physical cores) or a number. (restart)
 # 模型使用的 CPU 线程数：auto（物理核心数）或一个数字。（需重启）
 threads: auto
+
+# Memory for keeping recent conversations' model state between turns, so that a reply starts
+# without re-reading the whole history (MB, 0 = off). (restart)
+# 为最近的对话保留模型状态所用的内存（MB，0 = 关闭），使回复无需重新读取整个历史即可开始。（需重启）
+kv_cache_mb: 256
 """
 
 
@@ -88,6 +93,7 @@ class Config:
     open_browser: bool = True
     data_dir: str = "data"
     threads: int | str = "auto"
+    kv_cache_mb: int = 256
     # Where the file lives: relative paths (data_dir, a local model) are resolved against it.
     base_dir: Path = field(default=Path("."), compare=False)
 
@@ -143,6 +149,7 @@ _RULES: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "data_dir": ((str,), "a folder path", lambda v: bool(v.strip())),
     "threads": ((int, str), "auto or a whole number from 1 to 256",
                 lambda v: v == "auto" if isinstance(v, str) else 1 <= v <= 256),
+    "kv_cache_mb": ((int,), "a whole number of megabytes from 0 (off) to 65536", _in(0, 65536)),
 }
 
 

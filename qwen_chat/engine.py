@@ -17,6 +17,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import GenerationError
+from .kvcache import KVCacheStore
 
 # How often an idle stream wakes up so its consumer can react to a cancel (seconds).
 POLL_INTERVAL = 0.05
@@ -33,6 +34,7 @@ class Sampling:
 @dataclass
 class Stats:
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose keys/values were reused from the last turn
     new_tokens: int = 0
     ttft: float | None = None  # seconds from the request to the first new token
     tokens_per_s: float | None = None  # decode speed after the first token
@@ -81,7 +83,8 @@ class _TimedStreamer(TextIteratorStreamer):
 class Generation:
     """One reply being generated. Iterate for text pieces ("" while waiting); close() cancels."""
 
-    def __init__(self, engine: "Engine", input_ids: torch.Tensor, sampling: Sampling):
+    def __init__(self, engine: "Engine", input_ids: torch.Tensor, sampling: Sampling,
+                 cache_key: str | None = None):
         self.cancel = threading.Event()
         self.stats = Stats(prompt_tokens=int(input_ids.shape[-1]))
         self._error: BaseException | None = None
@@ -89,13 +92,14 @@ class Generation:
             engine.tokenizer, self.stats, time.perf_counter(),
             skip_prompt=True, skip_special_tokens=True, timeout=POLL_INTERVAL)
         kwargs = engine.generate_kwargs(input_ids, sampling)
-        kwargs.update(streamer=self._streamer,
+        kwargs.update(streamer=self._streamer, return_dict_in_generate=True,
                       stopping_criteria=StoppingCriteriaList([_Cancelled(self.cancel)]))
         self._thread = threading.Thread(
-            target=self._run, args=(engine, kwargs), name="qwen-chat-generate", daemon=True)
+            target=self._run, args=(engine, kwargs, cache_key), name="qwen-chat-generate",
+            daemon=True)
         self._thread.start()
 
-    def _run(self, engine: "Engine", kwargs: dict) -> None:
+    def _run(self, engine: "Engine", kwargs: dict, cache_key: str | None) -> None:
         try:
             # Wait for the engine, but give up at once when cancelled while waiting.
             while not engine.lock.acquire(timeout=POLL_INTERVAL):
@@ -103,14 +107,25 @@ class Generation:
                     return
             try:
                 if not self.cancel.is_set():
-                    with torch.inference_mode():
-                        engine.model.generate(**kwargs)
+                    self._generate(engine, kwargs, cache_key)
             finally:
                 engine.lock.release()
         except BaseException as exc:  # noqa: BLE001 - kept and re-raised in the consumer
             self._error = exc
         finally:
             self._streamer.end()  # unblocks the consumer in every case
+
+    def _generate(self, engine: "Engine", kwargs: dict, cache_key: str | None) -> None:
+        """Run generate, reusing and then keeping the conversation's KV cache."""
+        input_ids = kwargs["input_ids"]
+        cache, self.stats.cached_tokens = (
+            engine.kv.take(cache_key, input_ids[0]) if cache_key else (None, 0))
+        if cache is not None:
+            kwargs["past_key_values"] = cache  # generate() prefills only the uncached tail
+        with torch.inference_mode():
+            out = engine.model.generate(**kwargs)
+        if cache_key:  # kept only after a generation that ended without an exception
+            engine.kv.put(cache_key, out.sequences[0], out.past_key_values)
 
     def __iter__(self) -> Iterator[str]:
         while True:
@@ -141,9 +156,10 @@ class Generation:
 class Engine:
     """A loaded causal LM and its tokenizer, serving one generation at a time."""
 
-    def __init__(self, model, tokenizer, *, name: str = ""):
+    def __init__(self, model, tokenizer, *, name: str = "", kv_cache_mb: int = 256):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.lock = threading.Lock()  # one generate at a time: two would halve each other's speed
+        self.kv = KVCacheStore(kv_cache_mb)
         self.eos_token_ids = self._eos_ids()
         self.pad_token_id = tokenizer.pad_token_id
         if self.pad_token_id is None:
@@ -178,6 +194,15 @@ class Engine:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def generate(self, messages: list[dict], sampling: Sampling) -> Generation:
-        """Start generating a reply to `messages` in a worker thread."""
-        return Generation(self, self.prompt_ids(messages), sampling)
+    def generate(self, messages: list[dict], sampling: Sampling, *,
+                 cache_key: str | None = None) -> Generation:
+        """Start generating a reply to `messages` in a worker thread.
+
+        With a `cache_key` (a conversation id), the KV cache of that key's previous turn is
+        reused for the prompt's common prefix, and this turn's cache is kept for the next.
+        """
+        return Generation(self, self.prompt_ids(messages), sampling, cache_key)
+
+    def forget(self, cache_key: str) -> None:
+        """Drop a conversation's cache (it was deleted)."""
+        self.kv.forget(cache_key)

@@ -1,0 +1,395 @@
+"""Benchmark: plain transformers (baseline) against this app's engine, side by side, on CPU.
+
+Subject: the real Qwen2.5-0.5B shape with random weights (no download), saved once to a cache folder.
+Scenario: a 10-turn mixed Chinese/English chat (~40-token user turns, 64-token greedy replies), turns
+interleaved (baseline k, engine k) in this process; then one ~2,000-token prompt. Peak memory comes
+from one child process per side. See bench/README.md.
+
+    .venv/bin/python bench/bench.py [--quick] [--turns N] [--new-tokens N] [--skip-long] [--skip-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import mean
+from typing import Any, Protocol
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as app.py: the model owns the cores
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer  # noqa: E402
+
+from qwen_chat.config import Config, physical_cores  # noqa: E402
+
+SYSTEM = {"role": "system", "content": Config().system_prompt}
+MESSAGES = [  # 37-41 tokens each with the Qwen2 tokenizer (checked at start)
+    "你好！I am planning a weekend trip to Hangzhou with my family. 请推荐三个适合孩子的景点，and tell me roughly how long each visit takes, 谢谢。",
+    "Thanks. 我们周六早上从上海出发，坐高铁大概要多久？Should we book the tickets in advance, or can we just buy them at the station on the day?",
+    "西湖附近有什么好吃的餐厅吗？My daughter does not eat spicy food, so please suggest a few dishes that are mild and 适合小朋友，价格也不要太贵，谢谢你。",
+    "If it rains on Saturday, 有没有室内的活动可以安排？We would also like to visit a small museum that explains the long history of Chinese tea in simple English for kids.",
+    "请帮我把第一天的行程整理成一个表格：time, place, transport, and estimated cost in RMB for four people. 预算大概是每人五百元，包括午饭和门票。",
+    "How do I say 'Where is the nearest subway station?' in Chinese? 请同时给出拼音和汉字，and explain the four tones slowly, step by step, for a complete beginner like me.",
+    "我儿子对科学很感兴趣。Is there a good science museum in Hangzhou that is open on Sunday morning? 如果有，门票需要提前在网上预约吗？大概多少钱一张？",
+    "Could you compare staying in a hotel near West Lake with staying near the East railway station? 我们主要考虑价格、交通是否方便，以及晚上带孩子出门是否安全。",
+    "我们想买一些龙井茶作为礼物送给朋友。How can I tell good Longjing tea from cheap tea, and 价格一般在什么范围比较合理？哪里买最好？",
+    "最后，请用中文和英文各写一段简短的总结，summarizing the whole two-day plan so that I can share it with my wife tonight after dinner, 谢谢！",
+]
+LONG_TOKENS, LONG_NEW_TOKENS = 2000, 32
+# name -> (target, what it measures)
+TARGETS = {"engine_ttft_growth": (1.5, "engine TTFT turn N / turn 1"),
+           "ttft_turn1_ratio": (0.3, "engine / baseline TTFT, turn 1"),
+           "decode_ratio": (0.35, "engine / baseline ms per token (mean over turns)"),
+           "engine_peak_rss_gb": (1.5, "engine peak RSS, GB (10^9 bytes)")}
+
+
+@dataclass
+class Turn:
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float
+    ms_per_token: float | None  # decode, after the first token
+    cached_tokens: int | None = None  # engine only, when it reports it
+    call_s: float | None = None  # engine only: time inside engine.generate() before it returned
+
+
+class Side(Protocol):
+    name: str
+    load_s: float
+
+    def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[str, Turn]: ...
+
+
+class TimedStreamer(TextIteratorStreamer):
+    """Timestamps every generated token as generate() hands it over (like engine._TimedStreamer)."""
+
+    def __init__(self, tokenizer: Any):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.times: list[float] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.next_tokens_are_prompt:
+            self.times += [time.perf_counter()] * int(value.numel())
+        super().put(value)
+
+
+class Baseline:
+    """The usual app: re-template the whole history, re-prefill it, stream from a thread."""
+
+    name = "baseline"
+
+    def __init__(self, folder: Path):
+        started = time.perf_counter()
+        self.tok = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        self.load_s = time.perf_counter() - started
+
+    def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[str, Turn]:
+        started = time.perf_counter()
+        inputs = self.tok.apply_chat_template(messages, add_generation_prompt=True,
+                                              return_dict=True, return_tensors="pt")
+        streamer = TimedStreamer(self.tok)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.model.generate(**inputs, streamer=streamer, max_new_tokens=new_tokens,
+                                    min_new_tokens=new_tokens, do_sample=False, temperature=None,
+                                    top_p=None, top_k=None, repetition_penalty=1.0,
+                                    pad_token_id=self.tok.pad_token_id)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the stream ends
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        text = "".join(streamer)
+        thread.join()
+        if errors:
+            raise errors[0]
+        t = streamer.times
+        ms = (t[-1] - t[0]) / (len(t) - 1) * 1000 if len(t) > 1 else None
+        return text, Turn(int(inputs["input_ids"].shape[-1]), len(t), t[0] - started, ms)
+
+
+class AppEngine:
+    """This app's loading path and engine, with the defaults of Config(); new API feature-detected."""
+
+    name = "engine"
+
+    def __init__(self, folder: Path, cache_dir: Path):
+        from qwen_chat import loader
+        from qwen_chat.engine import Engine
+
+        config = Config()
+        load_kw: dict[str, Any] = {}
+        engine_kw: dict[str, Any] = {}
+        if "precision" in inspect.signature(loader.load).parameters:
+            load_kw["precision"] = getattr(config, "precision", "auto")
+        if "kv_cache_mb" in inspect.signature(Engine).parameters and hasattr(config, "kv_cache_mb"):
+            engine_kw["kv_cache_mb"] = config.kv_cache_mb
+        self.cache_key = "cache_key" in inspect.signature(Engine.generate).parameters
+        started = time.perf_counter()
+        model, tok = loader.load(str(folder), cache_dir=cache_dir, **load_kw)
+        loaded = time.perf_counter()
+        self.engine = Engine(model, tok, **engine_kw)
+        self.load_s = time.perf_counter() - started
+        layer = model.model.layers[0].mlp.down_proj if hasattr(model, "model") else None
+        self.features = {"loader_load_s": loaded - started, "cache_key": self.cache_key,
+                         **load_kw, **engine_kw,
+                         "param_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+                         "mlp_linear_type": type(layer).__module__ + "." + type(layer).__name__}
+
+    def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[str, Turn]:
+        from qwen_chat.engine import Sampling
+
+        sampling = Sampling(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0)
+        kw = {"cache_key": key} if self.cache_key and key else {}
+        started = time.perf_counter()
+        gen = self.engine.generate(messages, sampling, **kw)
+        call_s = time.perf_counter() - started  # templating + tokenizing happen before Stats' clock
+        text = "".join(gen)
+        s = gen.stats
+        ms = 1000 / s.tokens_per_s if s.tokens_per_s else None
+        return text, Turn(s.prompt_tokens, s.new_tokens, call_s + (s.ttft or float("nan")), ms,
+                          getattr(s, "cached_tokens", None), call_s)
+
+
+def materialize(shared: Path, folder: Path) -> None:
+    """Save the Qwen2.5-0.5B shape with seeded random fp32 weights, its tokenizer and gen config."""
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    print(f"Materializing random-weight Qwen2.5-0.5B into {folder} (once) ...", flush=True)
+    config = Qwen2Config.from_pretrained(shared)
+    config.dtype = "float32"
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).float()
+    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(shared).save_pretrained(tmp)
+    shutil.copy(shared / "generation_config.json", tmp / "generation_config.json")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def long_prompt(tok: Any) -> str:
+    """~LONG_TOKENS tokens of mixed text: numbered paragraphs cycling through MESSAGES."""
+    parts = ["请阅读下面的旅行笔记，然后总结要点。Please read these travel notes and summarise them.\n"]
+    count = lambda: len(tok("".join(parts), add_special_tokens=False)["input_ids"])  # noqa: E731
+    i = 0
+    while count() < LONG_TOKENS - 25:
+        parts.append(f"\n第{i + 1}段 (note {i + 1}): {MESSAGES[i % len(MESSAGES)]}")
+        i += 1
+    return "".join(parts)
+
+
+def converse(sides: list[Side], turns: int, new_tokens: int, verbose: bool) -> dict[str, list[Turn]]:
+    """The multi-turn chat, each side with its own history; interleaved per turn."""
+    history: dict[str, list[dict]] = {s.name: [dict(SYSTEM)] for s in sides}
+    rows: dict[str, list[Turn]] = {s.name: [] for s in sides}
+    for k in range(turns):
+        for side in sides:
+            history[side.name].append({"role": "user", "content": MESSAGES[k % len(MESSAGES)]})
+            text, turn = side.reply(history[side.name], new_tokens, "bench-conv")
+            history[side.name].append({"role": "assistant", "content": text})
+            rows[side.name].append(turn)
+            if turn.new_tokens != new_tokens:
+                print(f"WARNING: {side.name} turn {k + 1} generated {turn.new_tokens} tokens, "
+                      f"not {new_tokens}", file=sys.stderr, flush=True)
+            if verbose:
+                print(f"  turn {k + 1:2}/{turns} {side.name:8} prompt {turn.prompt_tokens:5} tok  "
+                      f"TTFT {turn.ttft_s:6.3f} s  {turn.ms_per_token or 0:6.1f} ms/tok", flush=True)
+    return rows
+
+
+def long_case(sides: list[Side], text: str, new_tokens: int) -> dict[str, Turn]:
+    out = {}
+    for side in sides:
+        out[side.name] = side.reply([dict(SYSTEM), {"role": "user", "content": text}],
+                                    new_tokens, "bench-long")[1]
+    return out
+
+
+def peak_rss() -> dict[str, int | None]:
+    """ru_maxrss (kernel keeps the parent's peak across vfork+exec) and VmHWM (this process only)."""
+    hwm = None
+    try:
+        hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+                   if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
+    return {"ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "vmhwm_bytes": hwm}
+
+
+def make_side(name: str, folder: Path, app_cache: Path) -> Side:
+    return Baseline(folder) if name == "baseline" else AppEngine(folder, app_cache)
+
+
+def warm_up(side: Side) -> None:  # first-call kernel set-up is not what we measure
+    side.reply([{"role": "user", "content": "Hi 你好"}], 4, "")
+
+
+def child(args: argparse.Namespace, folder: Path, app_cache: Path) -> None:
+    """One side alone in a fresh process: load + scenario; report its peak RSS as one JSON line."""
+    side = make_side(args.child, folder, app_cache)
+    after_load = peak_rss()
+    warm_up(side)
+    converse([side], args.turns, args.new_tokens, verbose=False)
+    if not args.skip_long:
+        long_case([side], long_prompt(AutoTokenizer.from_pretrained(folder)),
+                  min(LONG_NEW_TOKENS, args.new_tokens))
+    print("CHILD_JSON " + json.dumps({"load_s": side.load_s, "after_load": after_load,
+                                      "peak": peak_rss()}), flush=True)
+
+
+def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--turns",
+           str(args.turns), "--new-tokens", str(args.new_tokens), "--cache", str(args.cache),
+           "--shared", str(args.shared)] + (["--skip-long"] if args.skip_long else [])
+    print(f"Memory run: {name} alone in a child process ...", flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHILD_JSON ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"memory child '{name}' failed (exit {proc.returncode})")
+    data = json.loads(lines[-1][len("CHILD_JSON "):])
+    peak = data["peak"]
+    data["peak_rss_gb"] = (peak["vmhwm_bytes"] or peak["ru_maxrss_bytes"]) / 1e9
+    return data
+
+
+def machine_info() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
+                  if ln.startswith("model name")), platform.processor())
+    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines()
+                  if ln.startswith("flags")), [])
+    git = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                         capture_output=True, text=True).stdout.strip()
+    return {"cpu": model, "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
+            "simd": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+                     if f in flags],
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "git": git}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def report(rows: dict[str, list[Turn]], long: dict[str, Turn], load: dict[str, float],
+           memory: dict[str, Any]) -> dict[str, Any]:
+    base, eng = rows["baseline"], rows["engine"]
+    f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    print("\n| turn | base prompt | base TTFT s | base ms/tok | eng prompt | eng cached "
+          "| eng TTFT s | eng ms/tok |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for k, (b, e) in enumerate(zip(base, eng), 1):
+        print(f"| {k} | {b.prompt_tokens} | {b.ttft_s:.3f} | {f(b.ms_per_token, '.1f')} | "
+              f"{e.prompt_tokens} | {f(e.cached_tokens, 'd')} | {e.ttft_s:.3f} | "
+              f"{f(e.ms_per_token, '.1f')} |")
+    if long:
+        b, e = long["baseline"], long["engine"]
+        print(f"| long | {b.prompt_tokens} | {b.ttft_s:.3f} | {f(b.ms_per_token, '.1f')} | "
+              f"{e.prompt_tokens} | {f(e.cached_tokens, 'd')} | {e.ttft_s:.3f} | "
+              f"{f(e.ms_per_token, '.1f')} |")
+    print(f"\nLoad time: baseline {load['baseline']:.2f} s, engine {load['engine']:.2f} s")
+    if memory:
+        print(f"Peak RSS:  baseline {memory['baseline']['peak_rss_gb']:.2f} GB, "
+              f"engine {memory['engine']['peak_rss_gb']:.2f} GB")
+    mean_ms = {n: mean(t.ms_per_token for t in r if t.ms_per_token) for n, r in rows.items()}
+    ratios = {"baseline_ttft_growth": ratio(base[-1].ttft_s, base[0].ttft_s),
+              "engine_ttft_growth": ratio(eng[-1].ttft_s, eng[0].ttft_s),
+              "ttft_turn1_ratio": ratio(eng[0].ttft_s, base[0].ttft_s),
+              "decode_ratio": ratio(mean_ms["engine"], mean_ms["baseline"]),
+              "engine_peak_rss_gb": memory["engine"]["peak_rss_gb"] if memory else None}
+    print(f"\nBaseline TTFT turn {len(base)} / turn 1: {f(ratios['baseline_ttft_growth'], '.2f')}"
+          f"   (mean ms/token: baseline {mean_ms['baseline']:.1f}, engine {mean_ms['engine']:.1f})")
+    verdicts = {}
+    for key, (target, label) in TARGETS.items():
+        value = ratios[key]
+        verdicts[key] = "SKIP" if value is None else "PASS" if value <= target else "FAIL"
+        print(f"{label:52} {f(value, '.3f'):>7}  target <= {target:<4}  {verdicts[key]}")
+    return {"ratios": ratios, "mean_ms_per_token": mean_ms, "verdicts": verdicts,
+            "targets": {k: v[0] for k, v in TARGETS.items()}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--turns", type=int, default=10)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--skip-long", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke test: 3 turns of 16 tokens")
+    p.add_argument("--cache", type=Path, default=REPO / ".cache/bench/qwen2.5-0.5b-random")
+    p.add_argument("--shared", type=Path, default=REPO.parent / "shared/models/qwen2.5-0.5b-instruct")
+    p.add_argument("--child", choices=["baseline", "engine"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.quick:
+        args.turns, args.new_tokens = 3, 16
+    torch.set_num_threads(physical_cores())  # as app.py with `threads: auto`
+    args.cache, args.shared = args.cache.resolve(), args.shared.resolve()
+    app_cache = args.cache.parent / "app-cache"
+    if not (args.cache / "config.json").is_file() and not (args.shared / "config.json").is_file():
+        raise SystemExit(f"Model shape not found: expected {args.shared}/config.json "
+                         "(Qwen2.5-0.5B-Instruct config + tokenizer); pass --shared PATH.")
+    materialize(args.shared, args.cache)
+    if args.child:
+        return child(args, args.cache, app_cache)
+
+    tok = AutoTokenizer.from_pretrained(args.cache)
+    counts = [len(tok(m, add_special_tokens=False)["input_ids"]) for m in MESSAGES]
+    print(f"User turn tokens: {counts}")
+    if not all(35 <= c <= 45 for c in counts):
+        print("WARNING: some user turns are outside 35-45 tokens", file=sys.stderr)
+    text = long_prompt(tok)
+    # Children first, while this process is still small (see peak_rss on ru_maxrss).
+    memory = {} if args.skip_memory else {n: run_child(n, args) for n in ("baseline", "engine")}
+
+    print("Loading both sides in this process ...", flush=True)
+    sides: list[Side] = [Baseline(args.cache), AppEngine(args.cache, app_cache)]
+    features = sides[1].features  # type: ignore[attr-defined]
+    print(f"Engine features: {features}", flush=True)
+    for side in sides:
+        warm_up(side)
+    print(f"Conversation: {args.turns} turns x {args.new_tokens} new tokens, interleaved", flush=True)
+    rows = converse(sides, args.turns, args.new_tokens, verbose=True)
+    long = {}
+    if not args.skip_long:
+        print(f"Long prompt ({len(tok(text)['input_ids'])} tokens of text) ...", flush=True)
+        long = long_case(sides, text, min(LONG_NEW_TOKENS, args.new_tokens))
+    load = {s.name: s.load_s for s in sides}
+    summary = report(rows, long, load, memory)
+
+    out = Path(__file__).resolve().parent / "output" / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine_info(), "engine_features": features,
+              "settings": {"turns": args.turns, "new_tokens": args.new_tokens,
+                           "long_new_tokens": min(LONG_NEW_TOKENS, args.new_tokens),
+                           "model_folder": str(args.cache), "user_turn_tokens": counts},
+              "turns": {n: [asdict(t) for t in r] for n, r in rows.items()},
+              "long": {n: asdict(t) for n, t in long.items()}, "load_s": load,
+              "memory": memory, **summary}
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(f"\nWrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""KV-cache reuse across turns gives exactly the replies a full re-prefill gives (greedy).
+
+Two engines over the same weights: one reuses each conversation's cache, one never does. Every
+turn of a multi-turn conversation, through every event that changes the prompt (Stop mid-reply,
+Retry, an edited earlier message, two conversations alternating, history switched off and on, a
+new system prompt, a deleted conversation, a restart), must give the same text from both.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qwen_chat.engine import Engine, Sampling
+from qwen_chat.kvcache import KVCacheStore, cache_bytes, common_prefix
+
+GREEDY = Sampling(temperature=0, max_new_tokens=24, repetition_penalty=3.0)
+
+
+class Pair:
+    """The engine under test (reusing caches) beside a reference that re-prefills every turn."""
+
+    def __init__(self, model, tokenizer, sampling=GREEDY):
+        self.reuse = Engine(model, tokenizer, kv_cache_mb=256)
+        self.plain = Engine(model, tokenizer, kv_cache_mb=0)
+        self.sampling = sampling
+        self.cached: list[int] = []
+        self.prompts: list[int] = []
+
+    def reply(self, messages: list[dict], key: str) -> str:
+        generation = self.reuse.generate(messages, self.sampling, cache_key=key)
+        text = "".join(generation)
+        expected = "".join(self.plain.generate(messages, self.sampling))
+        assert text == expected, (messages, text, expected)
+        assert generation.stats.prompt_tokens == self.reuse.prompt_ids(messages).shape[1]
+        self.cached.append(generation.stats.cached_tokens)
+        self.prompts.append(generation.stats.prompt_tokens)
+        return text
+
+    def restart(self):
+        self.reuse = Engine(self.reuse.model, self.reuse.tokenizer, kv_cache_mb=256)
+
+
+def chat(system: str, turns: list[tuple[str, str]], question: str) -> list[dict]:
+    messages = [{"role": "system", "content": system}] if system else []
+    for user, assistant in turns:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return messages + [{"role": "user", "content": question}]
+
+
+def test_reuse_matches_full_prefill_through_every_event(tiny_model):
+    pair = Pair(*tiny_model)
+    system = "You are a helpful assistant."
+    a: list[tuple[str, str]] = []
+    b: list[tuple[str, str]] = []
+
+    for q in ("Hello! 你好", "What is the capital of France?", "Tell me more, please."):
+        a.append((q, pair.reply(chat(system, a, q), "A")))
+    assert pair.cached[-1] > 0 and pair.cached[0] == 0  # turn 1 prefills all, later turns reuse
+
+    # Two conversations alternating: each keeps its own cache.
+    b.append(("Other chat 另一个", pair.reply(chat(system, b, "Other chat 另一个"), "B")))
+    a.append(("Back to A", pair.reply(chat(system, a, "Back to A"), "A")))
+    assert pair.cached[-1] > 0
+
+    # Stop mid-reply: the partial text is what the history holds next turn.
+    generation = pair.reuse.generate(chat(system, a, "Stop me"), GREEDY, cache_key="A")
+    pieces = iter(generation)
+    partial = next(p for p in pieces if p)
+    generation.close()
+    a.append(("Stop me", partial))
+    a.append(("After the stop", pair.reply(chat(system, a, "After the stop"), "A")))
+
+    # Retry: the same prompt again, the reply replaced.
+    retried = pair.reply(chat(system, a[:-1], "After the stop"), "A")
+    a[-1] = ("After the stop", retried)
+
+    # An earlier message edited: reuse stops where the prompts part.
+    a[1] = ("What is the capital of Italy?", a[1][1])
+    a.append(("Edited", pair.reply(chat(system, a, "Edited"), "A")))
+
+    # History switched off (only the last message), then on again.
+    pair.reply(chat(system, [], "Alone"), "A")
+    a.append(("History back", pair.reply(chat(system, a, "History back"), "A")))
+
+    # A new system prompt: only the few tokens before it differs are reusable.
+    before = pair.cached[-2]
+    pair.reply(chat("Answer in one word.", a, "New rules"), "A")
+    assert pair.cached[-1] < 10 < before
+
+    # Deleted conversation, then a restart: both start from an empty cache.
+    pair.reuse.forget("B")
+    b.append(("After delete", pair.reply(chat(system, b, "After delete"), "B")))
+    assert pair.cached[-1] == 0
+    pair.restart()
+    a.append(("After restart", pair.reply(chat(system, a, "After restart"), "A")))
+    assert pair.cached[-1] == 0
+    a.append(("Warm again", pair.reply(chat(system, a, "Warm again"), "A")))
+    assert pair.cached[-1] > 0
+
+
+@pytest.mark.slow
+def test_reuse_matches_full_prefill_on_a_real_model(smollm):
+    pair = Pair(*smollm, sampling=Sampling(temperature=0, max_new_tokens=20,
+                                           repetition_penalty=1.0))
+    turns: list[tuple[str, str]] = []
+    for q in ("What is the capital of France?", "And of Germany?", "用一句话介绍一下北京。"):
+        turns.append((q, pair.reply(chat("", turns, q), "conv")))
+    assert "Paris" in turns[0][1]
+    # A real model's reply re-tokenizes to the tokens it generated: each turn reuses the whole
+    # previous prompt and reply, and prefills only the new user turn (plus the template).
+    for k in (1, 2):
+        assert pair.cached[k] >= pair.prompts[k - 1]
+        question_tokens = len(pair.reuse.tokenizer(turns[k][0])["input_ids"])
+        assert pair.prompts[k] - pair.cached[k] <= question_tokens + 12
+
+
+def test_the_store_evicts_the_least_recently_used_beyond_its_budget(tiny_model):
+    engine = Engine(*tiny_model, kv_cache_mb=256)
+    "".join(engine.generate(chat("", [], "x"), GREEDY, cache_key="probe"))
+    size = engine.kv.nbytes
+    assert size > 0
+    store = KVCacheStore(budget_mb=1)
+    store.budget = int(size * 2.5)  # room for two such caches
+    for key in ("a", "b", "c"):
+        generation = engine.generate(chat("", [], key), GREEDY, cache_key=key)
+        "".join(generation)
+        cache, _ = engine.kv.take(key, torch.tensor([-1, -1]))  # hand it over
+        assert cache is None  # no common prefix: take() gives nothing and drops it
+    for key in ("a", "b", "c"):
+        "".join(engine.generate(chat("", [], key), GREEDY, cache_key=key))
+        entry = engine.kv._entries[key]
+        store.put(key, entry.tokens, entry.cache)
+    assert "a" not in store and "b" in store and "c" in store
+    assert store.nbytes <= store.budget
+    assert cache_bytes(engine.kv._entries["c"].cache) == engine.kv._entries["c"].nbytes
+
+
+def test_common_prefix_compares_token_ids():
+    assert common_prefix(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 4, 5])) == 2
+    assert common_prefix(torch.tensor([1, 2]), torch.tensor([1, 2, 3])) == 2
+    assert common_prefix(torch.tensor([9]), torch.tensor([1])) == 0
+    assert common_prefix(torch.tensor([], dtype=torch.long), torch.tensor([1])) == 0
