@@ -9,6 +9,7 @@ plain message and a non-zero exit code, never a bare stack trace.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
@@ -91,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     from qwen_chat.store import Store
     from qwen_chat.ui import GENERATE, build_ui, launch_options
 
+    # One pool of compute threads, one per physical core; no second (inter-op) pool competing.
     torch.set_num_threads(config.thread_count)
+    with contextlib.suppress(RuntimeError):  # only settable before any parallel work started
+        torch.set_num_interop_threads(1)
     started = time.perf_counter()
     print(f"Loading {config.model} ...", flush=True)
     try:
