@@ -99,11 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"Loading {config.model} ...", flush=True)
     try:
-        model, tokenizer = loader.load(config.model_source, cache_dir=cache_dir)
+        model, tokenizer = loader.load(config.model_source, cache_dir=cache_dir,
+                                       precision=config.precision)
     except ModelLoadError as exc:
         return fail(str(exc))
     print(f"Model ready in {time.perf_counter() - started:.1f} s "
-          f"({config.thread_count} threads).", flush=True)
+          f"({model.precision}, {config.thread_count} threads).", flush=True)
 
     store = Store(data_dir / "chat.db")
     try:

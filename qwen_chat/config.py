@@ -22,7 +22,7 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 # Keys read only at start-up: changing them in a running app needs a restart.
-RESTART_KEYS = ("model", "host", "port", "data_dir", "threads", "kv_cache_mb")
+RESTART_KEYS = ("model", "host", "port", "data_dir", "threads", "kv_cache_mb", "precision")
 
 DEFAULT_CONFIG_TEXT = f"""\
 # Qwen Chat settings. Save this file: sampling and history settings apply to the next message.
@@ -76,6 +76,11 @@ threads: auto
 # without re-reading the whole history (MB, 0 = off). (restart)
 # 为最近的对话保留模型状态所用的内存（MB，0 = 关闭），使回复无需重新读取整个历史即可开始。（需重启）
 kv_cache_mb: 256
+
+# Weight precision: auto (int8 on a CPU: about 3x faster replies, near-identical answers),
+# int8, fp32 (exact, slowest) or bf16. (restart)
+# 权重精度：auto（CPU 上用 int8：回复约快 3 倍，答案几乎相同）、int8、fp32（精确但最慢）或 bf16。（需重启）
+precision: auto
 """
 
 
@@ -94,6 +99,7 @@ class Config:
     data_dir: str = "data"
     threads: int | str = "auto"
     kv_cache_mb: int = 256
+    precision: str = "auto"
     # Where the file lives: relative paths (data_dir, a local model) are resolved against it.
     base_dir: Path = field(default=Path("."), compare=False)
 
@@ -150,6 +156,7 @@ _RULES: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "threads": ((int, str), "auto or a whole number from 1 to 256",
                 lambda v: v == "auto" if isinstance(v, str) else 1 <= v <= 256),
     "kv_cache_mb": ((int,), "a whole number of megabytes from 0 (off) to 65536", _in(0, 65536)),
+    "precision": ((str,), "auto, int8, fp32 or bf16", lambda v: v in ("auto", "int8", "fp32", "bf16")),
 }
 
 

@@ -97,10 +97,16 @@ def convert_gguf(path: Path, *, cache_dir: Path) -> Path:
     return target
 
 
-def load(source: str, *, cache_dir: Path):
-    """Load (model, tokenizer) for CPU inference in float32 (bf16 is slower without AVX-512)."""
+def load(source: str, *, cache_dir: Path, precision: str = "fp32"):
+    """Load (model, tokenizer) for CPU inference, converted to `precision` (see precision.py).
+
+    Weights load in float32 (bf16 is slower without AVX-512); "int8"/"auto" then quantize them,
+    with the quantized tensors cached in cache_dir so that later starts skip the work.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .precision import load_or_quantize
 
     folder = resolve_model(source, cache_dir=cache_dir)
     try:
@@ -110,6 +116,9 @@ def load(source: str, *, cache_dir: Path):
     except Exception as exc:  # noqa: BLE001 - the user needs the folder and the reason
         raise ModelLoadError(f"Could not load the model from {folder}: {exc}") from exc
     model.eval()
+    name = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]
+    model, model.precision = load_or_quantize(
+        model, precision, Path(cache_dir) / "quantized" / f"{Path(folder).name}-{name}.pt")
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The model in {folder} has no chat template: use an instruct model.")
     return model, tokenizer

@@ -29,7 +29,7 @@ def test_missing_file_is_written_with_commented_defaults(tmp_path):
     # Every key is present and commented in English and Chinese.
     for key in ("model", "temperature", "top_p", "max_new_tokens", "repetition_penalty",
                 "enable_history", "system_prompt", "host", "port", "open_browser", "data_dir",
-                "threads", "kv_cache_mb"):
+                "threads", "kv_cache_mb", "precision"):
         assert f"\n{key}:" in text
     assert "# Randomness of replies" in text and "随机" in text
 
@@ -63,6 +63,7 @@ def test_whole_numbers_are_accepted_for_decimal_keys():
     ("threads: many", ["threads = 'many'", "auto or a whole number"]),
     ("threads: 0", ["threads = 0", "auto or a whole number"]),
     ("kv_cache_mb: -1", ["kv_cache_mb = -1", "from 0 (off) to 65536"]),
+    ("precision: int4", ["precision = 'int4'", "auto, int8, fp32 or bf16"]),
     ("model: ''", ["model = ''", "a Hub id, a local folder or a .gguf file"]),
     ("system_prompt: [a, b]", ["system_prompt = ['a', 'b']", "text"]),
     ("host:", ["host = (empty)", "an address"]),
