@@ -1,16 +1,15 @@
 """Benchmark: plain transformers (baseline) against this app's engine, side by side, on CPU.
 
-Subject: the real Qwen2.5-0.5B shape with random weights (no download), saved once to a cache folder.
-Scenario: a 10-turn mixed Chinese/English chat (~40-token user turns, 64-token greedy replies), turns
-interleaved (baseline k, engine k) in this process; then one ~2,000-token prompt. Peak memory comes
-from one child process per side. See bench/README.md.
-
-    .venv/bin/python bench/bench.py [--quick] [--turns N] [--new-tokens N] [--skip-long] [--skip-memory]
+Subject: the real Qwen2.5-0.5B shape with random weights, saved once to a cache folder.
+Scenario: a 10-turn mixed Chinese/English chat (~40-token user turns, 64-token greedy replies),
+turns interleaved (baseline k, engine k) in this process, then one ~2,000-token prompt; peak
+memory from one child process per side. Usage and options: bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -24,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
-from typing import Any, Protocol
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -50,7 +49,6 @@ MESSAGES = [  # 37-41 tokens each with the Qwen2 tokenizer (checked at start)
     "最后，请用中文和英文各写一段简短的总结，summarizing the whole two-day plan so that I can share it with my wife tonight after dinner, 谢谢！",
 ]
 LONG_TOKENS, LONG_NEW_TOKENS = 2000, 32
-# name -> (target, what it measures)
 TARGETS = {"engine_ttft_growth": (1.5, "engine TTFT turn N / turn 1"),
            "ttft_turn1_ratio": (0.3, "engine / baseline TTFT, turn 1"),
            "decode_ratio": (0.35, "engine / baseline ms per token (mean over turns)"),
@@ -65,13 +63,6 @@ class Turn:
     ms_per_token: float | None  # decode, after the first token
     cached_tokens: int | None = None  # engine only, when it reports it
     call_s: float | None = None  # engine only: time inside engine.generate() before it returned
-
-
-class Side(Protocol):
-    name: str
-    load_s: float
-
-    def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[str, Turn]: ...
 
 
 class TimedStreamer(TextIteratorStreamer):
@@ -117,8 +108,7 @@ class Baseline:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        text = "".join(streamer)
-        thread.join()
+        text, _ = "".join(streamer), thread.join()
         if errors:
             raise errors[0]
         t = streamer.times
@@ -148,11 +138,10 @@ class AppEngine:
         loaded = time.perf_counter()
         self.engine = Engine(model, tok, **engine_kw)
         self.load_s = time.perf_counter() - started
-        layer = model.model.layers[0].mlp.down_proj if hasattr(model, "model") else None
+        linear = type(model.get_submodule("model.layers.0.mlp.down_proj"))
         self.features = {"loader_load_s": loaded - started, "cache_key": self.cache_key,
-                         **load_kw, **engine_kw,
-                         "param_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
-                         "mlp_linear_type": type(layer).__module__ + "." + type(layer).__name__}
+                         **load_kw, **engine_kw, "mlp_linear": linear.__qualname__,
+                         "param_dtypes": sorted({str(p.dtype) for p in model.parameters()})}
 
     def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[str, Turn]:
         from qwen_chat.engine import Sampling
@@ -162,11 +151,13 @@ class AppEngine:
         started = time.perf_counter()
         gen = self.engine.generate(messages, sampling, **kw)
         call_s = time.perf_counter() - started  # templating + tokenizing happen before Stats' clock
-        text = "".join(gen)
-        s = gen.stats
+        text, s = "".join(gen), gen.stats
         ms = 1000 / s.tokens_per_s if s.tokens_per_s else None
         return text, Turn(s.prompt_tokens, s.new_tokens, call_s + (s.ttft or float("nan")), ms,
                           getattr(s, "cached_tokens", None), call_s)
+
+
+Side = Baseline | AppEngine
 
 
 def materialize(shared: Path, folder: Path) -> None:
@@ -200,7 +191,8 @@ def long_prompt(tok: Any) -> str:
     return "".join(parts)
 
 
-def converse(sides: list[Side], turns: int, new_tokens: int, verbose: bool) -> dict[str, list[Turn]]:
+def converse(sides: list[Side], turns: int, new_tokens: int,
+             verbose: bool) -> dict[str, list[Turn]]:
     """The multi-turn chat, each side with its own history; interleaved per turn."""
     history: dict[str, list[dict]] = {s.name: [dict(SYSTEM)] for s in sides}
     rows: dict[str, list[Turn]] = {s.name: [] for s in sides}
@@ -214,50 +206,46 @@ def converse(sides: list[Side], turns: int, new_tokens: int, verbose: bool) -> d
                 print(f"WARNING: {side.name} turn {k + 1} generated {turn.new_tokens} tokens, "
                       f"not {new_tokens}", file=sys.stderr, flush=True)
             if verbose:
-                print(f"  turn {k + 1:2}/{turns} {side.name:8} prompt {turn.prompt_tokens:5} tok  "
-                      f"TTFT {turn.ttft_s:6.3f} s  {turn.ms_per_token or 0:6.1f} ms/tok", flush=True)
+                print(f"  turn {k + 1:2}/{turns} {side.name:8} prompt {turn.prompt_tokens:5} tok"
+                      f"  TTFT {turn.ttft_s:6.3f} s  {turn.ms_per_token or 0:6.1f} ms/tok")
     return rows
 
 
 def long_case(sides: list[Side], text: str, new_tokens: int) -> dict[str, Turn]:
-    out = {}
-    for side in sides:
-        out[side.name] = side.reply([dict(SYSTEM), {"role": "user", "content": text}],
-                                    new_tokens, "bench-long")[1]
-    return out
+    prompt = [dict(SYSTEM), {"role": "user", "content": text}]
+    return {side.name: side.reply(prompt, new_tokens, "bench-long")[1] for side in sides}
 
 
 def peak_rss() -> dict[str, int | None]:
-    """ru_maxrss (kernel keeps the parent's peak across vfork+exec) and VmHWM (this process only)."""
-    hwm = None
-    try:
-        hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
-                   if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        pass
+    """ru_maxrss keeps the parent's peak across (v)fork+exec on Linux; VmHWM is this process's own."""
+    status = Path("/proc/self/status")
+    lines = status.read_text().splitlines() if status.exists() else []
+    hwm = [int(ln.split()[1]) * 1024 for ln in lines if ln.startswith("VmHWM:")]
     return {"ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "vmhwm_bytes": hwm}
+            "vmhwm_bytes": hwm[0] if hwm else None}
 
 
-def make_side(name: str, folder: Path, app_cache: Path) -> Side:
-    return Baseline(folder) if name == "baseline" else AppEngine(folder, app_cache)
+def warm_up(side: Side) -> None:
+    """First-call set-up is not what we measure; no system prompt and no cache key, so no head
+    start for turn 1 from a cache."""
+    side.reply([{"role": "user", "content": MESSAGES[-1] + MESSAGES[-2]}], 4, "")
 
 
-def warm_up(side: Side) -> None:  # first-call kernel set-up is not what we measure
-    side.reply([{"role": "user", "content": "Hi 你好"}], 4, "")
+def cpu_seconds() -> tuple[float, float, float]:
+    """(busy, total) CPU seconds of the whole machine (/proc/stat) and this process's own."""
+    ticks = [int(x) / os.sysconf("SC_CLK_TCK")
+             for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks), sum(os.times()[:2])  # minus idle, iowait
 
 
-def child(args: argparse.Namespace, folder: Path, app_cache: Path) -> None:
+def child(args: argparse.Namespace, app_cache: Path) -> None:
     """One side alone in a fresh process: load + scenario; report its peak RSS as one JSON line."""
-    side = make_side(args.child, folder, app_cache)
-    after_load = peak_rss()
+    side = Baseline(args.cache) if args.child == "baseline" else AppEngine(args.cache, app_cache)
     warm_up(side)
     converse([side], args.turns, args.new_tokens, verbose=False)
     if not args.skip_long:
-        long_case([side], long_prompt(AutoTokenizer.from_pretrained(folder)),
-                  min(LONG_NEW_TOKENS, args.new_tokens))
-    print("CHILD_JSON " + json.dumps({"load_s": side.load_s, "after_load": after_load,
-                                      "peak": peak_rss()}), flush=True)
+        long_case([side], long_prompt(AutoTokenizer.from_pretrained(args.cache)), args.long_tokens)
+    print("CHILD_JSON " + json.dumps({"load_s": side.load_s, "peak": peak_rss()}), flush=True)
 
 
 def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -270,120 +258,131 @@ def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if proc.returncode or not lines:
         raise SystemExit(f"memory child '{name}' failed (exit {proc.returncode})")
     data = json.loads(lines[-1][len("CHILD_JSON "):])
-    peak = data["peak"]
-    data["peak_rss_gb"] = (peak["vmhwm_bytes"] or peak["ru_maxrss_bytes"]) / 1e9
+    data["peak_rss_gb"] = (data["peak"]["vmhwm_bytes"] or data["peak"]["ru_maxrss_bytes"]) / 1e9
     return data
 
 
 def machine_info() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines()
-                  if ln.startswith("flags")), [])
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    field = lambda key: next((ln.split(":", 1)[1].strip() for ln in lines  # noqa: E731
+                              if ln.startswith(key)), "")
     git = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
                          capture_output=True, text=True).stdout.strip()
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
+    return {"cpu": field("model name"), "logical_cpus": os.cpu_count(),
+            "physical_cores": physical_cores(), "torch_threads": torch.get_num_threads(),
             "simd": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-                     if f in flags],
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                     if f in field("flags").split()], "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "git": git}
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 def report(rows: dict[str, list[Turn]], long: dict[str, Turn], load: dict[str, float],
            memory: dict[str, Any]) -> dict[str, Any]:
     base, eng = rows["baseline"], rows["engine"]
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    row = lambda label, b, e: (  # noqa: E731
+        f"| {label} | {b.prompt_tokens} | {b.ttft_s:.3f} | {f(b.ms_per_token, '.1f')} | "
+        f"{e.prompt_tokens} | {f(e.cached_tokens, 'd')} | {e.ttft_s:.3f} | "
+        f"{f(e.ms_per_token, '.1f')} |")
     print("\n| turn | base prompt | base TTFT s | base ms/tok | eng prompt | eng cached "
           "| eng TTFT s | eng ms/tok |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for k, (b, e) in enumerate(zip(base, eng), 1):
-        print(f"| {k} | {b.prompt_tokens} | {b.ttft_s:.3f} | {f(b.ms_per_token, '.1f')} | "
-              f"{e.prompt_tokens} | {f(e.cached_tokens, 'd')} | {e.ttft_s:.3f} | "
-              f"{f(e.ms_per_token, '.1f')} |")
+    print("\n".join(row(k, b, e) for k, (b, e) in enumerate(zip(base, eng), 1)))
     if long:
-        b, e = long["baseline"], long["engine"]
-        print(f"| long | {b.prompt_tokens} | {b.ttft_s:.3f} | {f(b.ms_per_token, '.1f')} | "
-              f"{e.prompt_tokens} | {f(e.cached_tokens, 'd')} | {e.ttft_s:.3f} | "
-              f"{f(e.ms_per_token, '.1f')} |")
-    print(f"\nLoad time: baseline {load['baseline']:.2f} s, engine {load['engine']:.2f} s")
+        print(row("long", long["baseline"], long["engine"]))
+    print(f"\nLoad time, this process: baseline {load['baseline']:.2f} s, "
+          f"engine {load['engine']:.2f} s")
     if memory:
-        print(f"Peak RSS:  baseline {memory['baseline']['peak_rss_gb']:.2f} GB, "
+        print(f"Load time, fresh process: baseline {memory['baseline']['load_s']:.2f} s, "
+              f"engine {memory['engine']['load_s']:.2f} s")
+        print(f"Peak RSS: baseline {memory['baseline']['peak_rss_gb']:.2f} GB, "
               f"engine {memory['engine']['peak_rss_gb']:.2f} GB")
     mean_ms = {n: mean(t.ms_per_token for t in r if t.ms_per_token) for n, r in rows.items()}
-    ratios = {"baseline_ttft_growth": ratio(base[-1].ttft_s, base[0].ttft_s),
-              "engine_ttft_growth": ratio(eng[-1].ttft_s, eng[0].ttft_s),
-              "ttft_turn1_ratio": ratio(eng[0].ttft_s, base[0].ttft_s),
-              "decode_ratio": ratio(mean_ms["engine"], mean_ms["baseline"]),
+    div = lambda a, b: a / b if a is not None and b else None  # noqa: E731
+    ratios = {"baseline_ttft_growth": div(base[-1].ttft_s, base[0].ttft_s),
+              "engine_ttft_growth": div(eng[-1].ttft_s, eng[0].ttft_s),
+              "ttft_turn1_ratio": div(eng[0].ttft_s, base[0].ttft_s),
+              "decode_ratio": div(mean_ms["engine"], mean_ms["baseline"]),
               "engine_peak_rss_gb": memory["engine"]["peak_rss_gb"] if memory else None}
-    print(f"\nBaseline TTFT turn {len(base)} / turn 1: {f(ratios['baseline_ttft_growth'], '.2f')}"
-          f"   (mean ms/token: baseline {mean_ms['baseline']:.1f}, engine {mean_ms['engine']:.1f})")
+    print(f"Mean ms/token: baseline {mean_ms['baseline']:.1f}, engine {mean_ms['engine']:.1f}; "
+          f"baseline TTFT turn {len(base)} / turn 1: {f(ratios['baseline_ttft_growth'], '.2f')}\n")
     verdicts = {}
     for key, (target, label) in TARGETS.items():
         value = ratios[key]
         verdicts[key] = "SKIP" if value is None else "PASS" if value <= target else "FAIL"
-        print(f"{label:52} {f(value, '.3f'):>7}  target <= {target:<4}  {verdicts[key]}")
+        print(f"{label:50} {f(value, '.3f'):>7}  target <= {target:<4}  {verdicts[key]}")
     return {"ratios": ratios, "mean_ms_per_token": mean_ms, "verdicts": verdicts,
             "targets": {k: v[0] for k, v in TARGETS.items()}}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--turns", type=int, default=10)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--skip-long", action="store_true")
-    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-long", action="store_true", help="no ~2,000-token prompt case")
+    p.add_argument("--skip-memory", action="store_true", help="no child processes for peak RSS")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 turns of 16 tokens")
     p.add_argument("--cache", type=Path, default=REPO / ".cache/bench/qwen2.5-0.5b-random")
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared/models/qwen2.5-0.5b-instruct")
+    p.add_argument("--shared", type=Path,
+                   default=REPO.parent / "shared" / "models" / "qwen2.5-0.5b-instruct")
     p.add_argument("--child", choices=["baseline", "engine"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
         args.turns, args.new_tokens = 3, 16
-    torch.set_num_threads(physical_cores())  # as app.py with `threads: auto`
+    args.long_tokens = min(LONG_NEW_TOKENS, args.new_tokens)
     args.cache, args.shared = args.cache.resolve(), args.shared.resolve()
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr] - progress under nohup
+    torch.set_num_threads(physical_cores())  # as app.py with `threads: auto`
+    with contextlib.suppress(RuntimeError):  # as app.py: no second (inter-op) thread pool
+        torch.set_num_interop_threads(1)
     app_cache = args.cache.parent / "app-cache"
     if not (args.cache / "config.json").is_file() and not (args.shared / "config.json").is_file():
         raise SystemExit(f"Model shape not found: expected {args.shared}/config.json "
                          "(Qwen2.5-0.5B-Instruct config + tokenizer); pass --shared PATH.")
     materialize(args.shared, args.cache)
     if args.child:
-        return child(args, args.cache, app_cache)
-
+        return child(args, app_cache)
     tok = AutoTokenizer.from_pretrained(args.cache)
     counts = [len(tok(m, add_special_tokens=False)["input_ids"]) for m in MESSAGES]
-    print(f"User turn tokens: {counts}")
-    if not all(35 <= c <= 45 for c in counts):
-        print("WARNING: some user turns are outside 35-45 tokens", file=sys.stderr)
+    print(f"User turn tokens: {counts}", "" if all(35 <= c <= 45 for c in counts)
+          else "WARNING: not all within 35-45")
     text = long_prompt(tok)
-    # Children first, while this process is still small (see peak_rss on ru_maxrss).
+    # Children first, while this process is still small (see peak_rss about ru_maxrss).
     memory = {} if args.skip_memory else {n: run_child(n, args) for n in ("baseline", "engine")}
 
+    import transformers.models.qwen2.modeling_qwen2  # noqa: F401 - imports are not load time
+    from qwen_chat import engine, loader  # noqa: F401
     print("Loading both sides in this process ...", flush=True)
-    sides: list[Side] = [Baseline(args.cache), AppEngine(args.cache, app_cache)]
-    features = sides[1].features  # type: ignore[attr-defined]
-    print(f"Engine features: {features}", flush=True)
+    cpu_start = cpu_seconds()
+    baseline, app = Baseline(args.cache), AppEngine(args.cache, app_cache)
+    print(f"Engine: {app.features}", flush=True)
+    sides: list[Side] = [baseline, app]
     for side in sides:
         warm_up(side)
-    print(f"Conversation: {args.turns} turns x {args.new_tokens} new tokens, interleaved", flush=True)
+    print(f"Conversation: {args.turns} turns x {args.new_tokens} new tokens", flush=True)
     rows = converse(sides, args.turns, args.new_tokens, verbose=True)
     long = {}
     if not args.skip_long:
         print(f"Long prompt ({len(tok(text)['input_ids'])} tokens of text) ...", flush=True)
-        long = long_case(sides, text, min(LONG_NEW_TOKENS, args.new_tokens))
+        long = long_case(sides, text, args.long_tokens)
     load = {s.name: s.load_s for s in sides}
+    busy, total, mine = (b - a for a, b in zip(cpu_start, cpu_seconds()))
+    others = max(0.0, busy - mine) / total  # share of the machine's CPU used by other processes
+    print(f"\nOther processes used {others:.0%} of the machine's CPU during the timed part."
+          + (" Timings are noisy: rerun on an idle machine." if others > 0.05 else ""))
     summary = report(rows, long, load, memory)
 
     out = Path(__file__).resolve().parent / "output" / "bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine_info(), "engine_features": features,
+    result = {"machine": {**machine_info(), "others_cpu_share_during_timing": others},
+              "engine_features": app.features,
               "settings": {"turns": args.turns, "new_tokens": args.new_tokens,
-                           "long_new_tokens": min(LONG_NEW_TOKENS, args.new_tokens),
-                           "model_folder": str(args.cache), "user_turn_tokens": counts},
+                           "long_new_tokens": args.long_tokens, "model_folder": str(args.cache),
+                           "user_turn_tokens": counts},
               "turns": {n: [asdict(t) for t in r] for n, r in rows.items()},
               "long": {n: asdict(t) for n, t in long.items()}, "load_s": load,
               "memory": memory, **summary}
