@@ -133,15 +133,18 @@ class AppEngine:
         if "kv_cache_mb" in inspect.signature(Engine).parameters and hasattr(config, "kv_cache_mb"):
             engine_kw["kv_cache_mb"] = config.kv_cache_mb
         self.cache_key = "cache_key" in inspect.signature(Engine.generate).parameters
+        cached = sorted(p.name for p in (cache_dir / "quantized").glob("*"))  # precision's cache
         started = time.perf_counter()
         model, tok = loader.load(str(folder), cache_dir=cache_dir, **load_kw)
         loaded = time.perf_counter()
         self.engine = Engine(model, tok, **engine_kw)
         self.load_s = time.perf_counter() - started
         linear = type(model.get_submodule("model.layers.0.mlp.down_proj"))
+        dtypes = sorted({str(t.dtype) for t in model.state_dict().values()})
         self.features = {"loader_load_s": loaded - started, "cache_key": self.cache_key,
-                         **load_kw, **engine_kw, "mlp_linear": linear.__qualname__,
-                         "param_dtypes": sorted({str(p.dtype) for p in model.parameters()})}
+                         **load_kw, **engine_kw, "precision_used": getattr(model, "precision", ""),
+                         "mlp_linear": linear.__qualname__, "tensor_dtypes": dtypes,
+                         "quantized_cache_before_load": cached}
 
     def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[str, Turn]:
         from qwen_chat.engine import Sampling
