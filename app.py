@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine(model, tokenizer, name=config.model, kv_cache_mb=config.kv_cache_mb)
         service = ChatService(store, engine,
                               ConfigWatcher(args.config, config))
+        service.warm()  # pre-fills the system prompt in the background while the page starts
         demo = build_ui(service, secret=browser_secret(data_dir))
         with demo:
             add_api(service, concurrency_id=GENERATE)

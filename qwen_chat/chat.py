@@ -52,6 +52,28 @@ class ChatService:
         # session -> (its reply being generated, that reply's conversation id)
         self._active: dict[str, tuple[Generation, str]] = {}
         self._active_lock = threading.Lock()
+        self._warmed: str | None = None  # the system prompt whose prefix the engine has cached
+
+    def warm(self, *, wait: bool = False) -> None:
+        """Have the engine pre-fill the current system prompt, the start of every new chat, so
+        that a first message only prefills its own words. Runs in the background unless `wait`;
+        does nothing when that system prompt is already cached."""
+        system = self.settings.current().system_prompt
+        if system == self._warmed:
+            return
+        self._warmed = system
+        messages = [{"role": "system", "content": system}] if system.strip() else []
+
+        def run() -> None:
+            try:
+                self.engine.warm(messages)
+            except Exception:  # noqa: BLE001 - only a speed-up: chats work without it
+                log.exception("Could not pre-fill the system prompt")
+
+        thread = threading.Thread(target=run, daemon=True, name="qwen-chat-warm")
+        thread.start()
+        if wait:
+            thread.join()
 
     # Conversations, always scoped to one browser's owner id -------------------------------
     def conversations(self, owner: str) -> list[Conversation]:
@@ -184,4 +206,6 @@ class ChatService:
                 reply.id, content="".join(parts), status=status, error=error,
                 prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
                 ttft=stats.ttft, tokens_per_s=stats.tokens_per_s)
+            if self._warmed is not None:  # warming is on: re-warm a hot-reloaded system prompt
+                self.warm()
         yield ReplyUpdate(conversation, reply.id, "".join(parts), status, stats, error)

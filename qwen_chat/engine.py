@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import GenerationError
 from .kvcache import KVCacheStore
@@ -202,6 +202,17 @@ class Engine:
         reused for the prompt's common prefix, and this turn's cache is kept for the next.
         """
         return Generation(self, self.prompt_ids(messages), sampling, cache_key)
+
+    def warm(self, messages: list[dict]) -> int:
+        """Prefill the start every new conversation shares (system prompt and the user turn's
+        header) and keep its KV cache, so a first turn only prefills the user's own words.
+        Returns the number of tokens cached."""
+        ids = self.prompt_ids([*messages, {"role": "user", "content": ""}])
+        with self.lock, torch.inference_mode():
+            cache = DynamicCache(config=self.model.config)
+            self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.kv.share(ids[0], cache)
+        return int(ids.shape[-1])
 
     def forget(self, cache_key: str) -> None:
         """Drop a conversation's cache (it was deleted)."""

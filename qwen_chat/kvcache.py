@@ -11,6 +11,7 @@ or stopped reply) simply cuts the reuse shorter.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class KVCacheStore:
     def __init__(self, budget_mb: int):
         self.budget = budget_mb * 1024 * 1024
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._shared: _Entry | None = None  # e.g. the system prompt: the start of every new chat
         self._lock = threading.Lock()
 
     @property
@@ -64,12 +66,13 @@ class KVCacheStore:
     def take(self, key: str, input_ids: torch.Tensor) -> tuple[object | None, int]:
         """Return (cache cropped to the reusable prefix, its length) or (None, 0)."""
         with self._lock:
-            entry = self._entries.pop(key, None)
-        if entry is None:
-            return None, 0
+            entry, shared = self._entries.pop(key, None), self._shared
         # At least one prompt token must remain to be processed: it yields the first logits.
-        keep = min(common_prefix(entry.tokens, input_ids), len(input_ids) - 1)
-        if keep <= 0:
+        keep = 0 if entry is None else min(common_prefix(entry.tokens, input_ids), len(input_ids) - 1)
+        if keep <= 0 and shared is not None:  # a new conversation: start from the shared prefix
+            keep = min(common_prefix(shared.tokens, input_ids), len(input_ids) - 1)
+            entry = _Entry(shared.tokens, copy.deepcopy(shared.cache), shared.nbytes) if keep > 0 else None
+        if entry is None or keep <= 0:
             return None, 0
         length = entry.cache.get_seq_length()
         if length > keep:
@@ -92,6 +95,12 @@ class KVCacheStore:
                 _, evicted = self._entries.popitem(last=False)
                 total -= evicted.nbytes
 
+    def share(self, tokens: torch.Tensor, cache) -> None:
+        """Keep `cache` (of `tokens`) as the starting point of conversations with no cache of
+        their own; it is copied on use and never evicted. Not counted in the budget (small)."""
+        with self._lock:
+            self._shared = _Entry(tokens.clone(), cache, cache_bytes(cache))
+
     def forget(self, key: str) -> None:
         with self._lock:
             self._entries.pop(key, None)
@@ -99,3 +108,4 @@ class KVCacheStore:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._shared = None

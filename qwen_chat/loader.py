@@ -98,27 +98,32 @@ def convert_gguf(path: Path, *, cache_dir: Path) -> Path:
 
 
 def load(source: str, *, cache_dir: Path, precision: str = "fp32"):
-    """Load (model, tokenizer) for CPU inference, converted to `precision` (see precision.py).
+    """Load (model, tokenizer) for CPU inference in `precision` (see precision.py).
 
-    Weights load in float32 (bf16 is slower without AVX-512); "int8"/"auto" then quantize them,
-    with the quantized tensors cached in cache_dir so that later starts skip the work.
+    fp32 and bf16 load the checkpoint in that dtype. int8 ("auto" on CPU) comes from a cache of
+    quantized tensors in cache_dir, built on the first start, so later starts are fast and never
+    hold float weights in memory.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .precision import load_or_quantize
+    from . import precision as precisions
 
     folder = resolve_model(source, cache_dir=cache_dir)
+    used = precisions.resolve(precision)
+    name = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch.float32, local_files_only=True)
+        if used == "int8":
+            model = precisions.load_int8(
+                folder, Path(cache_dir) / "quantized" / f"{Path(folder).name}-{name}.pt")
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=torch.bfloat16 if used == "bf16" else torch.float32,
+                local_files_only=True).eval()
     except Exception as exc:  # noqa: BLE001 - the user needs the folder and the reason
         raise ModelLoadError(f"Could not load the model from {folder}: {exc}") from exc
-    model.eval()
-    name = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]
-    model, model.precision = load_or_quantize(
-        model, precision, Path(cache_dir) / "quantized" / f"{Path(folder).name}-{name}.pt")
+    model.precision = used
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The model in {folder} has no chat template: use an instruct model.")
     return model, tokenizer

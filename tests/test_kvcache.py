@@ -141,3 +141,23 @@ def test_common_prefix_compares_token_ids():
     assert common_prefix(torch.tensor([1, 2]), torch.tensor([1, 2, 3])) == 2
     assert common_prefix(torch.tensor([9]), torch.tensor([1])) == 0
     assert common_prefix(torch.tensor([], dtype=torch.long), torch.tensor([1])) == 0
+
+
+def test_a_warmed_system_prompt_starts_every_new_chat_and_changes_nothing(tiny_model):
+    pair = Pair(*tiny_model)
+    system = "You are a helpful assistant. 你是一个乐于助人的助手。"
+    warmed = pair.reuse.warm([{"role": "system", "content": system}])
+    assert warmed > 10
+
+    first = pair.reply(chat(system, [], "Hello! 你好"), "A")
+    # The new chat reused the shared prefix: everything before the user's own words.
+    assert 0 < pair.cached[-1] < warmed and pair.cached[-1] >= warmed - 8
+    pair.reply(chat(system, [], "A different first message"), "B")  # the shared copy is intact
+    assert pair.cached[-1] == pair.cached[0]
+    pair.reply(chat(system, [("Hello! 你好", first)], "And then?"), "A")  # its own cache now
+    assert pair.cached[-1] > warmed
+
+    # A new system prompt (hot reload) shares only the template's first tokens: still exact.
+    pair.reply(chat("Answer in French.", [], "Hello!"), "C")
+    assert pair.cached[-1] < warmed - 8
+    pair.reply(chat("", [], "No system prompt at all"), "D")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from qwen_chat import precision
-from qwen_chat.precision import PRECISIONS, Int8Embedding, Int8Linear, apply_precision, load_or_quantize
+from qwen_chat.loader import load
+from qwen_chat.precision import PRECISIONS, Int8Embedding, Int8Linear, apply_precision
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,17 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
         return model(ids).logits.float()
 
 
+def test_clipping_lowers_the_error_of_heavy_tailed_rows():
+    torch.manual_seed(0)  # heavy-tailed rows: a few big weights set plain absmax's coarse step
+    w = torch.distributions.StudentT(2.0).sample((8, 4096))
+    q, s = precision.quantize_rows(w)
+    plain = w.abs().amax(1) / 127
+    plain_err = ((w / plain[:, None]).round().clamp(-127, 127) * plain[:, None] - w).square().sum(1)
+    err = (q.float() * s[:, None] - w).square().sum(1)
+    assert (err <= plain_err * 1.0001).all() and (err < plain_err * 0.99).any()
+    assert (s <= plain).all() and (s < plain).any()
+
+
 def test_quantize_rows_round_trip():
     w = torch.randn(16, 32)
     w[3] = 0  # an all-zero row must not divide by zero
@@ -46,14 +59,18 @@ def test_int8_linear_matches_float(rows):
     lin = torch.nn.Linear(64, 40)
     q = Int8Linear.from_linear(lin)
     x = torch.randn(2, rows, 64)
+    x[0, 0] *= 100  # an outlier token must not ruin the other rows (activations stay float)
     with torch.inference_mode():
         ref, out = lin(x), q(x)
     assert out.shape == ref.shape and out.dtype == torch.float32
-    assert (out - ref).norm() / ref.norm() < 0.02
+    for got, want in zip(out.reshape(-1, 40), ref.reshape(-1, 40)):
+        assert (got - want).norm() / want.norm() < 0.03
 
 
-def test_int8_logits_close_to_fp32(tiny, tiny_fp32):
-    ids = ids_for(tiny, 40)  # > PREFILL_ROWS: exercises the prefill path too
+@pytest.mark.parametrize("prefill_rows", [precision.PREFILL_ROWS, 8])  # 8: prefill path too
+def test_int8_logits_close_to_fp32(tiny, tiny_fp32, monkeypatch, prefill_rows):
+    monkeypatch.setattr(precision, "PREFILL_ROWS", prefill_rows)
+    ids = ids_for(tiny, 40)
     ref = logits(tiny_fp32, ids)
     model, used = apply_precision(tiny, "int8")
     assert used == "int8" and model is tiny
@@ -115,8 +132,8 @@ def test_bf16_casts(tiny):
 def test_unknown_precision_raises(tiny, bad):
     with pytest.raises(ValueError, match="precision"):
         apply_precision(tiny, bad)
-    with pytest.raises(ValueError):
-        load_or_quantize(tiny, bad, cache_file=None)
+    with pytest.raises(ValueError, match="choose one of auto, fp32, bf16, int8"):
+        precision.resolve(bad)
 
 
 def test_precisions_tuple():
@@ -130,56 +147,58 @@ def test_int8_twice_is_a_no_op_but_back_to_fp32_raises(tiny):
         apply_precision(tiny, "fp32")
 
 
-def test_disk_cache_round_trip(tiny_fp32, tmp_path, monkeypatch):
-    cache_file = tmp_path / "sub" / "int8.pt"
+def test_disk_cache_round_trip(tiny_dir, tiny_fp32, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
     ids = ids_for(tiny_fp32, 40)
-    built, used = load_or_quantize(copy.deepcopy(tiny_fp32), "auto", cache_file)
-    assert used == "int8" and cache_file.is_file()
+    built, tok = load(str(folder), cache_dir=tmp_path / "cache", precision="auto")
+    cached = list((tmp_path / "cache" / "quantized").glob("*.pt"))
+    assert built.precision == "int8" and len(cached) == 1
     expected = logits(built, ids)
+    assert (expected - logits(tiny_fp32, ids)).norm() / logits(tiny_fp32, ids).norm() < 0.05
 
-    calls = []
-    monkeypatch.setattr(precision, "quantize_rows", lambda w: calls.append(1) or (_ for _ in ()).throw(
-        AssertionError("a matching cache must not quantize again")))
-    loaded, used = load_or_quantize(copy.deepcopy(tiny_fp32), "int8", cache_file)
-    assert used == "int8" and not calls
+    # Second start: built from the cache alone, never from float weights and never re-quantized.
+    monkeypatch.setattr(precision, "quantize_rows", lambda w: pytest.fail("a matching cache must not quantize"))
+    import transformers
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("a matching cache must not load float weights"))
+    loaded, _ = load(str(folder), cache_dir=tmp_path / "cache", precision="int8")
+    assert loaded.precision == "int8" and not any(p.is_meta for p in loaded.parameters())
+    assert all(not isinstance(m, torch.nn.Linear) for m in loaded.modules())
     assert torch.equal(logits(loaded, ids), expected)
+    out = loaded.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, built.generate(ids, max_new_tokens=4, do_sample=False))
     monkeypatch.undo()
 
-    # A different model (other weights, same config) must not reuse the cache: it is rebuilt.
+    # Changed weights in the folder: the cache is stale and rebuilt from them.
     other = copy.deepcopy(tiny_fp32)
     with torch.no_grad():
         other.model.layers[0].mlp.up_proj.weight.mul_(2)
-    other_key = precision.cache_key(other, "int8")
-    rebuilt, _ = load_or_quantize(other, "int8", cache_file)
+    other.save_pretrained(folder)
+    rebuilt, _ = load(str(folder), cache_dir=tmp_path / "cache", precision="int8")
     assert not torch.equal(logits(rebuilt, ids), expected)
-    assert torch.load(cache_file, weights_only=True)["key"] == other_key
+    assert torch.load(cached[0], weights_only=True)["key"] == precision.fingerprint(folder)
 
 
-def test_corrupt_cache_is_rebuilt(tiny_fp32, tmp_path):
-    cache_file = tmp_path / "int8.pt"
+def test_corrupt_cache_is_rebuilt(tiny_dir, tmp_path):
+    first, _ = load(str(tiny_dir), cache_dir=tmp_path, precision="int8")
+    (cache_file,) = (tmp_path / "quantized").glob("*.pt")
     cache_file.write_bytes(b"not a torch file")
-    model, used = load_or_quantize(copy.deepcopy(tiny_fp32), "int8", cache_file)
-    assert used == "int8" and torch.load(cache_file, weights_only=True)["key"]
+    model, _ = load(str(tiny_dir), cache_dir=tmp_path, precision="int8")
+    ids = ids_for(model, 20)
+    assert model.precision == "int8" and torch.equal(logits(model, ids), logits(first, ids))
+    assert torch.load(cache_file, weights_only=True)["key"] == precision.fingerprint(tiny_dir)
 
 
 @pytest.mark.slow
 def test_smollm_int8_agrees_with_fp32(smollm):
+    """The issue's quality bar on a real instruct model: bench/quality.py's 54 prompts."""
+    from bench.quality import MIN_AGREEMENT, PROMPTS, measure
+
     model, tok = smollm
     quant, _ = apply_precision(copy.deepcopy(model), "int8")
-    prompts = ["What is the capital of France?", "Write a haiku about the sea.",
-               "How do I sort a list in Python?", "Why is the sky blue?", "What is 12 times 7?",
-               "你好，请介绍一下你自己。", "中国的首都是哪里？", "写一首关于春天的短诗。",
-               "Give me two tips for better sleep.", "Translate 'thank you' into French."]
-    agree = total = 0
-    with torch.inference_mode():
-        for p in prompts:
-            text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True)
-            ids = tok(text, return_tensors="pt").input_ids
-            seq = model.generate(ids, max_new_tokens=16, do_sample=False)
-            start = ids.shape[1] - 1
-            ref = model(seq).logits[0, start:-1].argmax(-1)
-            got = quant(seq).logits[0, start:-1].argmax(-1)
-            agree += (ref == got).sum().item()
-            total += ref.numel()
-    assert agree / total >= 0.95, f"top-1 agreement {agree / total:.3f}"
+    result = measure(model, quant, tok, PROMPTS, new_tokens=8)
+    print(result)
+    assert len(PROMPTS) >= 50 and result["positions"] == 9 * len(PROMPTS)
+    assert result["top1_agreement"] >= MIN_AGREEMENT, result
+    assert result["mean_kl"] < 0.05, result

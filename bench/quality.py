@@ -1,0 +1,127 @@
+"""Quality of a precision against fp32: next-token top-1 agreement and mean KL divergence.
+
+Protocol (teacher forcing along the path real chats take): for each of 54 fixed prompts (English,
+Chinese, code, arithmetic), fp32 greedily writes a reply; each model then prefills the templated
+prompt in one call (the prefill kernels) and is fed that same reply one token at a time with its
+KV cache (the decode kernels). At every position we compare the next-token distributions:
+top-1 agreement with fp32 and KL(fp32 || other).
+
+    python bench/quality.py                      # SmolLM2-135M-Instruct from the test cache
+    python bench/quality.py --precision bf16 --new-tokens 32
+
+int8 stays the default precision only with an agreement of at least 95% (tests/test_precision.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+MIN_AGREEMENT = 0.95
+
+PROMPTS = [
+    "What is the capital of France?", "Write a haiku about the sea.",
+    "How do I sort a list in Python?", "Why is the sky blue?", "What is 12 times 7?",
+    "Give me two tips for better sleep.", "Translate 'thank you' into French.",
+    "Explain what a black hole is to a ten-year-old.", "What is the boiling point of water?",
+    "Name three primary colors.", "Write a short email asking for a day off.",
+    "What does HTTP stand for?", "How many legs does a spider have?",
+    "Summarize the story of Romeo and Juliet in two sentences.", "What is photosynthesis?",
+    "Write a Python function that reverses a string.", "What is the difference between RAM and disk?",
+    "Suggest a name for a small bakery.", "How do vaccines work?", "What is 15% of 200?",
+    "List four planets of the solar system.", "Why do cats purr?",
+    "Write a limerick about a programmer.", "What is the tallest mountain on Earth?",
+    "How do I make a cup of green tea?", "Explain recursion in one paragraph.",
+    "What causes the seasons?", "Give me a synonym for 'happy'.",
+    "What is the square root of 144?", "Describe the taste of a lemon.",
+    "你好，请介绍一下你自己。", "中国的首都是哪里？", "写一首关于春天的短诗。",
+    "请用三句话解释什么是人工智能。", "一年有多少天？", "推荐三本适合初学者的编程书。",
+    "怎样才能早睡早起？", "请把“早上好”翻译成英文。", "长城有多长？", "什么是光合作用？",
+    "给我讲一个简短的笑话。", "如何用Python读取一个文本文件？", "太阳系有几颗行星？",
+    "为什么要多喝水？", "请写一句生日祝福。", "北京和上海哪个城市人口更多？",
+    "请解释一下什么是通货膨胀。", "学习中文最难的部分是什么？",
+    "你好！Can you help me plan a trip to Hangzhou? 请推荐两个景点。",
+    "What is 'thank you' in Chinese? 请给出拼音。", "用英文写一句关于咖啡的句子。",
+    "Explain the word 'serendipity' 并给出一个中文例句。",
+    "SELECT name FROM users WHERE age > 30; what does this query do?",
+    "2 + 2 * 3 = ? Explain the order of operations.",
+]
+
+
+@torch.inference_mode()
+def _reference(model, tokenizer, prompt: str, new_tokens: int) -> tuple[torch.Tensor, int]:
+    """Templated prompt plus fp32's greedy reply, as one id tensor; and the prompt length."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    seq = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    return seq, ids.shape[1]
+
+
+@torch.inference_mode()
+def _log_probs(model, seq: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """Next-token log-probs after the prompt and after each reply token (prefill, then decode)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    out = model(seq[:, :prompt_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    rows = [out.logits[0, -1]]
+    for pos in range(prompt_len, seq.shape[1] - 1):
+        out = model(seq[:, pos:pos + 1], past_key_values=cache, use_cache=True)
+        rows.append(out.logits[0, -1])
+    return F.log_softmax(torch.stack(rows).float(), dim=-1)
+
+
+def measure(reference, other, tokenizer, prompts=PROMPTS, new_tokens: int = 16) -> dict:
+    """Top-1 agreement and mean KL(reference || other) over every reply position of `prompts`."""
+    agree = total = 0
+    kl_sum = 0.0
+    for prompt in prompts:
+        seq, prompt_len = _reference(reference, tokenizer, prompt, new_tokens)
+        ref, got = _log_probs(reference, seq, prompt_len), _log_probs(other, seq, prompt_len)
+        agree += (ref.argmax(-1) == got.argmax(-1)).sum().item()
+        kl_sum += (ref.exp() * (ref - got)).sum(-1).sum().item()
+        total += ref.shape[0]
+    return {"prompts": len(prompts), "positions": total, "top1_agreement": agree / total,
+            "mean_kl": kl_sum / total}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--precision", default="int8", help="precision to compare with fp32")
+    parser.add_argument("--new-tokens", type=int, default=16, help="reply tokens per prompt")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from qwen_chat.loader import load
+    from qwen_chat.precision import apply_precision
+    from tests.models import cache_root, smollm_gguf
+
+    torch.manual_seed(0)
+    model, tokenizer = load(str(smollm_gguf()), cache_dir=cache_root() / "converted", precision="fp32")
+    started = time.perf_counter()
+    other, used = apply_precision(copy.deepcopy(model), args.precision)
+    result = measure(model, other, tokenizer, new_tokens=args.new_tokens)
+    result.update(model="SmolLM2-135M-Instruct", precision=used,
+                  seconds=round(time.perf_counter() - started, 1))
+    verdict = "PASS" if result["top1_agreement"] >= MIN_AGREEMENT else "FAIL"
+    print(f"{used} vs fp32 on {result['model']}: {result['prompts']} prompts, "
+          f"{result['positions']} positions")
+    print(f"  top-1 agreement {result['top1_agreement']:.1%} (>= {MIN_AGREEMENT:.0%}: {verdict})")
+    print(f"  mean KL divergence {result['mean_kl']:.4f} nats")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
