@@ -12,7 +12,7 @@ from typing import Iterator
 import gradio as gr
 
 from .chat import ChatService
-from .errors import NotFound
+from .errors import MessageTooLong, NotFound
 
 MIN_OWNER_LENGTH = 16
 
@@ -26,7 +26,7 @@ def _check_owner(owner: str) -> str:
 def _unknown_conversation_as_error(updates):
     try:
         yield from updates
-    except NotFound as exc:  # an unknown id, or another owner's: a plain 4xx-style error
+    except (NotFound, MessageTooLong) as exc:  # an unknown or foreign id, a message too long
         raise gr.Error(str(exc)) from None
 
 

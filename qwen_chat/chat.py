@@ -15,7 +15,7 @@ from typing import Iterator
 
 from .config import ConfigWatcher
 from .engine import Engine, Generation, Sampling, Stats
-from .errors import GenerationError, NotFound
+from .errors import GenerationError, MessageTooLong, NotFound
 from .store import COMPLETE, ERROR, STOPPED, STREAMING, Conversation, Message, Store
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,13 @@ SAVE_INTERVAL = 1.0  # seconds between commits of a streaming reply
 # this often, so that a closed consumer (Stop, a closed tab) is noticed.
 HEARTBEAT_INTERVAL = 0.25
 TITLE_LENGTH = 40
+# A message longer than this many characters per allowed token is refused without tokenizing it.
+CHARS_PER_TOKEN_LIMIT = 16
+# Once history must be cut, cut it to this share of max_input_tokens: the prompt's start then
+# stays the same for several turns, so the KV cache keeps being reused.
+REFILL = 0.75
+DROPPED_NOTICE = ("This conversation is longer than the model can read ({budget:,} tokens): its "
+                  "earliest messages are no longer seen. Start a new chat for a fresh topic.")
 # Replies that the model sees again as history: what the user saw, minus failures.
 _HISTORY_STATUSES = {COMPLETE, STOPPED, "interrupted"}
 
@@ -38,6 +45,7 @@ class ReplyUpdate:
     status: str
     stats: Stats = field(default_factory=Stats)
     error: str | None = None
+    notice: str | None = None  # told once per conversation: early messages are no longer read
 
 
 def title_from(text: str) -> str:
@@ -106,6 +114,7 @@ class ChatService:
         """
         if not text or not text.strip():
             return
+        self.check_length(text)
         if conversation_id:
             conversation = self.store.get_conversation(owner, conversation_id)
         else:
@@ -124,6 +133,49 @@ class ChatService:
         if not history or history[-1].role != "user":
             return
         yield from self._reply(owner, conversation, session)
+
+    def input_budget(self) -> int:
+        """Prompt tokens allowed: max_input_tokens, within the model's context minus the reply."""
+        config = self.settings.current()
+        room = self.engine.context_length - config.max_new_tokens
+        return max(64, min(config.max_input_tokens, room))
+
+    def check_length(self, text: str) -> None:
+        """Refuse (MessageTooLong, nothing stored) a message that cannot fit in the prompt."""
+        config, budget = self.settings.current(), self.input_budget()
+        if len(text) > CHARS_PER_TOKEN_LIMIT * budget:
+            raise MessageTooLong(
+                f"This message is too long ({len(text):,} characters): the model reads at most "
+                f"{budget:,} tokens. Shorten it or split it (max_input_tokens in config.yaml).")
+        system = [{"role": "system", "content": config.system_prompt}] if config.system_prompt.strip() else []
+        needed = int(self.engine.prompt_ids([*system, {"role": "user", "content": text}]).shape[-1])
+        if needed > budget:
+            raise MessageTooLong(
+                f"This message is too long ({needed:,} tokens with the system prompt): the model "
+                f"reads at most {budget:,}. Shorten it or split it (max_input_tokens in config.yaml).")
+
+    def fit(self, messages: list[dict], already_dropped: int = 0) -> tuple[list[dict], int]:
+        """Leave out the oldest history so that the prompt fits input_budget(); the system
+        prompt and the last message always stay. Returns (prompt, messages left out).
+
+        `already_dropped` (the previous reply's count) is kept while the prompt still fits, so
+        the prompt's start is stable and the KV cache stays useful; when more must go, history
+        is cut to REFILL of the budget, at a user message."""
+        budget = self.input_budget()
+        system = messages[:1] if messages and messages[0]["role"] == "system" else []
+        history = messages[len(system):]
+        size = lambda k: int(self.engine.prompt_ids([*system, *history[k:]]).shape[-1])  # noqa: E731
+        dropped = max(0, min(already_dropped, len(history) - 1))
+        if size(dropped) <= budget:
+            return [*system, *history[dropped:]], dropped
+        while dropped < len(history) - 1 and size(dropped) > REFILL * budget:
+            dropped += 1
+            while dropped < len(history) - 1 and history[dropped]["role"] != "user":
+                dropped += 1
+        if size(dropped) > budget:
+            raise MessageTooLong(f"The last message alone is longer than the {budget:,} tokens "
+                                 "the model reads (max_input_tokens in config.yaml).")
+        return [*system, *history[dropped:]], dropped
 
     def prompt_messages(self, owner: str, conversation_id: str) -> list[dict]:
         """What the model sees: the system prompt, then the history (or only the last message)."""
@@ -165,7 +217,11 @@ class ChatService:
         sampling = Sampling(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens,
                             repetition_penalty=config.repetition_penalty)
-        prompt = self.prompt_messages(owner, conversation.id)
+        earlier = [m.dropped for m in self.store.messages(owner, conversation.id)
+                   if m.role == "assistant" and m.dropped is not None]
+        previous = earlier[-1] if earlier else 0
+        prompt, dropped = self.fit(self.prompt_messages(owner, conversation.id), previous)
+        notice = DROPPED_NOTICE.format(budget=self.input_budget()) if dropped and not previous else None
         reply = self.store.add_message(conversation.id, "assistant", "", status=STREAMING)
         parts: list[str] = []
         status, error, stats, generation = STREAMING, None, Stats(), None
@@ -186,7 +242,7 @@ class ChatService:
                 elif now - yielded_at < HEARTBEAT_INTERVAL:
                     continue  # nothing new: wake the consumer only now and then
                 yielded_at = now
-                yield ReplyUpdate(conversation, reply.id, "".join(parts), STREAMING, stats)
+                yield ReplyUpdate(conversation, reply.id, "".join(parts), STREAMING, stats, None, notice)
             status = STOPPED if generation.cancel.is_set() else COMPLETE
         except GeneratorExit:  # the consumer went away: Stop, a closed tab, a reload
             status = STOPPED
@@ -205,7 +261,7 @@ class ChatService:
             self.store.update_message(
                 reply.id, content="".join(parts), status=status, error=error,
                 prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
-                ttft=stats.ttft, tokens_per_s=stats.tokens_per_s)
+                ttft=stats.ttft, tokens_per_s=stats.tokens_per_s, dropped=dropped)
             if self._warmed is not None:  # warming is on: re-warm a hot-reloaded system prompt
                 self.warm()
-        yield ReplyUpdate(conversation, reply.id, "".join(parts), status, stats, error)
+        yield ReplyUpdate(conversation, reply.id, "".join(parts), status, stats, error, notice)

@@ -51,6 +51,12 @@ repetition_penalty: 1.05
 # true：模型能看到本对话之前的消息；false：每条消息单独回答（历史仍会保存和显示）。
 enable_history: true
 
+# Most tokens of a conversation the model reads for one reply (256 to 32768). Beyond it the
+# oldest messages are left out (you are told once); a longer single message is refused.
+# 模型每次回复最多读取的 token 数（256 到 32768）。超出时最早的消息不再被读取（会提示一次）；
+# 单条消息超出则会被拒绝。
+max_input_tokens: 4096
+
 # Instructions given to the model before every conversation. 每个对话开始前给模型的指令。
 system_prompt: "{DEFAULT_SYSTEM_PROMPT}"
 
@@ -92,6 +98,7 @@ class Config:
     max_new_tokens: int = 512
     repetition_penalty: float = 1.05
     enable_history: bool = True
+    max_input_tokens: int = 4096
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     host: str = "127.0.0.1"
     port: int = 8080
@@ -148,6 +155,7 @@ _RULES: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "max_new_tokens": ((int,), "a whole number from 1 to 8192", _in(1, 8192)),
     "repetition_penalty": ((int, float), "a number from 1.0 to 2.0", _in(1.0, 2.0)),
     "enable_history": ((bool,), "true or false", None),
+    "max_input_tokens": ((int,), "a whole number from 256 to 32768", _in(256, 32768)),
     "system_prompt": ((str,), "text (may be empty)", None),
     "host": ((str,), "an address such as 127.0.0.1 or 0.0.0.0", lambda v: bool(v.strip())),
     "port": ((int,), "a whole number from 1 to 65535", _in(1, 65535)),

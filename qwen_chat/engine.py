@@ -165,6 +165,11 @@ class Engine:
         if self.pad_token_id is None:
             self.pad_token_id = self.eos_token_ids[0] if self.eos_token_ids else 0
 
+    @property
+    def context_length(self) -> int:
+        """The most tokens (prompt + reply) the model was trained to attend over."""
+        return int(getattr(self.model.config, "max_position_embeddings", None) or 32768)
+
     def _eos_ids(self) -> list[int]:
         ids: list[int] = []
         configured = getattr(self.model.generation_config, "eos_token_id", None)

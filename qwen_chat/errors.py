@@ -19,3 +19,7 @@ class GenerationError(QwenChatError):
 
 class NotFound(QwenChatError):
     """A conversation does not exist or belongs to another browser."""
+
+
+class MessageTooLong(QwenChatError):
+    """A message cannot fit in what the model reads (max_input_tokens): it is not stored."""

@@ -30,6 +30,10 @@ EN = {
     "config_invalid": "config.yaml was not applied: {error}",
     "deleted": "This conversation no longer exists (deleted in another tab).",
     "gone": "This conversation was deleted (in another tab): your message starts a new one.",
+    "too_long": "This message is too long: the model reads at most {budget:,} tokens. Shorten it "
+                "or split it into several messages. Your text is still in the box.",
+    "dropped": "This conversation is longer than the model can read ({budget:,} tokens): its "
+               "earliest messages are no longer seen. Start a new chat for a fresh topic.",
 }
 
 ZH = {
@@ -58,6 +62,9 @@ ZH = {
     "config_invalid": "config.yaml 未生效：{error}",
     "deleted": "该对话已不存在（可能在其他标签页中被删除）。",
     "gone": "该对话已被删除（可能在其他标签页中）：你的消息已放入新对话。",
+    "too_long": "消息太长：模型最多读取 {budget:,} 个 token。请缩短或分成几条发送。文字仍保留在输入框中。",
+    "dropped": "对话已超过模型可读取的长度（{budget:,} 个 token）：最早的消息将不再被模型看到。"
+               "换个话题请开始新对话。",
 }
 
 # gr.I18n locales: browsers report zh-CN, zh-TW, ... and gradio also falls back to "zh".

@@ -56,6 +56,12 @@ def m002_reply_status_and_figures(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE messages SET updated_at = created_at")
 
 
+@migrations()
+def m003_dropped_history(db: sqlite_utils.Database) -> None:
+    """How many of the oldest messages a reply's prompt left out (the context limit)."""
+    db.table("messages").add_column("dropped", int)
+
+
 @dataclass(frozen=True)
 class Conversation:
     id: str
@@ -79,6 +85,7 @@ class Message:
     new_tokens: int | None = None
     ttft: float | None = None
     tokens_per_s: float | None = None
+    dropped: int | None = None  # replies: oldest messages left out of the prompt (context limit)
 
 
 def _row_to(cls, row: dict):

@@ -14,7 +14,7 @@ import gradio as gr
 
 from . import i18n
 from .chat import ChatService, ReplyUpdate
-from .errors import NotFound
+from .errors import MessageTooLong, NotFound
 from .store import COMPLETE, STREAMING, Message
 
 log = logging.getLogger(__name__)
@@ -93,23 +93,33 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         return (owner, gr.update(choices=convs, value=current), current,
                 chat_of(owner, current, lang), "")
 
-    def take_message(text: str, chat: list):
+    def take_message(text: str, chat: list, request: gr.Request):
         """Show the user's message at once and clear the box; the reply streams next.
 
         The box stays locked until the reply ends (however it ends): a second message sent
         while the first is answered would otherwise land before the first has its conversation.
+        A message too long for the model stays in the box, with a warning; nothing is sent.
         """
         if not text or not text.strip():
             return gr.update(value=""), chat, ""
+        try:
+            service.check_length(text)
+        except MessageTooLong:
+            gr.Warning(i18n.text(lang_of(request), "too_long", budget=service.input_budget()))
+            return gr.skip(), chat, ""
         return (gr.update(value="", interactive=False),
                 chat + [{"role": "user", "content": text}], text)
 
     def stream(updates, owner: str, chat: list, lang: str, known: str | None):
         """Relay a service stream to (chatbot, current, conversation list, status)."""
         chat = list(chat) + [{"role": "assistant", "content": ""}]
+        told = False
         with contextlib.closing(updates):
             try:
                 for update in updates:
+                    if update.notice and not told:  # once per conversation (see ChatService.fit)
+                        told = True
+                        gr.Info(i18n.text(lang, "dropped", budget=service.input_budget()))
                     message = Message(update.message_id, update.conversation.id, "assistant",
                                       update.text, 0.0, status=update.status, error=update.error)
                     chat[-1] = shown(message, lang)
@@ -121,6 +131,8 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             except NotFound:  # deleted in another tab of this browser: start afresh
                 gr.Warning(i18n.text(lang, "deleted"))
                 yield [], None, gr.update(choices=choices(owner), value=None), ""
+            except MessageTooLong:  # a retry after max_input_tokens was lowered
+                gr.Warning(i18n.text(lang, "too_long", budget=service.input_budget()))
 
     def send(owner, current, text, chat, request: gr.Request):
         if not text:

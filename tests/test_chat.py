@@ -12,6 +12,7 @@ from qwen_chat import chat as chat_module
 from qwen_chat.chat import ChatService, title_from
 from qwen_chat.config import ConfigWatcher, load_config
 from qwen_chat.engine import Engine
+from qwen_chat.errors import MessageTooLong
 from qwen_chat.store import Store
 
 OWNER = "o" * 32
@@ -190,3 +191,54 @@ def test_stop_ends_only_the_reply_of_its_own_session(setup):
     assert service.wait_saved(OWNER, update.conversation.id)
     stored = rows(service, update.conversation.id)[1]
     assert (stored["status"], stored["content"]) == ("stopped", final.text)
+
+
+def test_a_long_conversation_drops_its_oldest_turns_and_says_so_once(setup):
+    service, config_path = setup
+    write_config(config_path, CONFIG.format(n=12) + "max_input_tokens: 256\n")
+    cid, notices, dropped, cached = None, [], [], []
+    for turn in range(10):  # about 50 tokens a turn, with the reply
+        final = list(service.send(OWNER, cid, f"turn {turn}: alpha beta gamma delta"))[-1]
+        cid = final.conversation.id
+        assert final.status == "complete"
+        notices.append(final.notice)
+        reply = rows(service, cid)[-1]
+        dropped.append(reply["dropped"])
+        cached.append(final.stats.cached_tokens)
+        assert reply["prompt_tokens"] <= 256  # never more than the model is allowed to read
+    first = next(i for i, d in enumerate(dropped) if d)
+    assert first > 0 and dropped[:first] == [0] * first
+    # Told once, at the first reply that left messages out; not again after that.
+    assert notices[first] and "earliest messages" in notices[first]
+    assert [n for i, n in enumerate(notices) if i != first] == [None] * 9
+    # Cut to 3/4 of the budget at a user message: the next turn keeps the same start (and so
+    # reuses its KV cache) instead of re-prefilling from a new start every turn.
+    assert dropped[first] % 2 == 0 and any(d == dropped[i - 1] for i, d in enumerate(dropped) if i > first)
+    assert any(c > 20 for c in cached[first + 1:])
+    prompt, _ = service.fit(service.prompt_messages(OWNER, cid), dropped[-1])
+    assert prompt[0] == {"role": "system", "content": "Be brief."} and prompt[1]["role"] == "user"
+    assert prompt[-2]["content"].startswith("turn 9") and prompt[-1]["role"] == "assistant"
+    assert len(service.messages(OWNER, cid)) == 20  # all of it is still stored and shown
+
+
+def test_a_message_longer_than_the_limit_is_refused_and_nothing_is_stored(setup):
+    service, config_path = setup
+    write_config(config_path, CONFIG.format(n=12) + "max_input_tokens: 256\n")
+    first = list(service.send(OWNER, None, "hello"))[-1]
+    before = rows(service, first.conversation.id)
+    with pytest.raises(MessageTooLong, match="too long .*at most 256"):
+        list(service.send(OWNER, first.conversation.id, "word " * 400))
+    started = time.monotonic()
+    with pytest.raises(MessageTooLong, match="1,048,576 characters"):
+        list(service.send(OWNER, None, "x" * 1024 * 1024))  # 1 MB: refused before tokenizing
+    assert time.monotonic() - started < 2
+    assert rows(service, first.conversation.id) == before and len(service.conversations(OWNER)) == 1
+
+
+def test_any_unicode_is_stored_and_read_back_exactly(setup):
+    service, _ = setup
+    text = ("中文 emoji 🙂👍🏽 עברית العربية zero\u200bwidth\u200d joiner NUL\x00here "
+            "<script>alert(1)</script> &amp; \r\n tab\t end")
+    final = list(service.send(OWNER, None, text))[-1]
+    assert rows(service, final.conversation.id)[0]["content"] == text
+    assert service.messages(OWNER, final.conversation.id)[0].content == text
