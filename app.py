@@ -53,6 +53,9 @@ def check_port(host: str, port: int) -> str | None:
     return None
 
 
+AUTH_MESSAGE = "Qwen Chat: sign in with the username and password from config.yaml. 请使用 config.yaml 中的账号登录。"
+
+
 def fail(message: str, code: int = 1) -> int:
     print(f"\nError: {message}", file=sys.stderr, flush=True)
     return code
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return fail(str(exc), 2)
+    if not config.local_only and config.credentials is None:
+        return fail(f"host: {config.host} lets other computers reach this app, so it needs a "
+                    "sign-in: set username and password in config.yaml (or the environment "
+                    "variables QWEN_CHAT_USERNAME and QWEN_CHAT_PASSWORD), or set host: 127.0.0.1.", 2)
     problem = check_port(config.host, config.port)
     if problem:
         return fail(problem)
@@ -115,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         demo = build_ui(service, secret=browser_secret(data_dir))
         with demo:
             add_api(service, concurrency_id=GENERATE)
-        demo.queue(default_concurrency_limit=4)
+        demo.queue(default_concurrency_limit=4, max_size=config.queue_size)
         demo.launch(server_name=config.host, server_port=config.port, quiet=True,
+                    auth=config.credentials, auth_message=AUTH_MESSAGE,
                     inbrowser=config.open_browser and not args.no_browser,
                     prevent_thread_lock=True, **launch_options())
         shown_host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host

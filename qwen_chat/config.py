@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import threading
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 # Keys read only at start-up: changing them in a running app needs a restart.
-RESTART_KEYS = ("model", "host", "port", "data_dir", "threads", "kv_cache_mb", "precision")
+RESTART_KEYS = ("model", "host", "port", "username", "password", "queue_size", "data_dir",
+                "threads", "kv_cache_mb", "precision")
 
 DEFAULT_CONFIG_TEXT = f"""\
 # Qwen Chat settings. Save this file: sampling and history settings apply to the next message.
@@ -64,6 +66,17 @@ system_prompt: "{DEFAULT_SYSTEM_PROMPT}"
 # 监听地址。127.0.0.1 = 仅本机可访问。（需重启）
 host: 127.0.0.1
 
+# Sign-in for the page and the API. Required when host is not this computer only (e.g. 0.0.0.0);
+# the environment variables QWEN_CHAT_USERNAME and QWEN_CHAT_PASSWORD override these. (restart)
+# 页面与 API 的登录账号。host 不是仅本机（如 0.0.0.0）时必须设置；
+# 环境变量 QWEN_CHAT_USERNAME 与 QWEN_CHAT_PASSWORD 优先。（需重启）
+username: ""
+password: ""
+
+# Most messages waiting for the model at once; beyond it a sender is asked to try again. (restart)
+# 同时排队等待模型的消息上限；超出时提示稍后再试。（需重启）
+queue_size: 32
+
 # Port of the web page (1 to 65535). (restart) 网页端口（1 到 65535）。（需重启）
 port: 8080
 
@@ -83,9 +96,9 @@ threads: auto
 # 为最近的对话保留模型状态所用的内存（MB，0 = 关闭），使回复无需重新读取整个历史即可开始。（需重启）
 kv_cache_mb: 256
 
-# Weight precision: auto (int8 on a CPU: about 3x faster replies, near-identical answers),
+# Weight precision: auto (int8 on a CPU: about 2x faster replies, near-identical answers),
 # int8, fp32 (exact, slowest) or bf16. (restart)
-# 权重精度：auto（CPU 上用 int8：回复约快 3 倍，答案几乎相同）、int8、fp32（精确但最慢）或 bf16。（需重启）
+# 权重精度：auto（CPU 上用 int8：回复约快 2 倍，答案几乎相同）、int8、fp32（精确但最慢）或 bf16。（需重启）
 precision: auto
 """
 
@@ -102,6 +115,9 @@ class Config:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     host: str = "127.0.0.1"
     port: int = 8080
+    username: str = ""
+    password: str = ""
+    queue_size: int = 32
     open_browser: bool = True
     data_dir: str = "data"
     threads: int | str = "auto"
@@ -116,6 +132,24 @@ class Config:
         override = os.environ.get("QWEN_CHAT_DATA")
         path = Path(override) if override else Path(self.data_dir).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        """(username, password) for sign-in, environment first; None when either is missing."""
+        user = os.environ.get("QWEN_CHAT_USERNAME") or self.username
+        password = os.environ.get("QWEN_CHAT_PASSWORD") or self.password
+        return (user, password) if user.strip() and password else None
+
+    @property
+    def local_only(self) -> bool:
+        """True when host accepts connections from this computer only (a loopback address)."""
+        host = self.host.strip().strip("[]").lower()
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def model_source(self) -> str:
@@ -159,6 +193,10 @@ _RULES: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "system_prompt": ((str,), "text (may be empty)", None),
     "host": ((str,), "an address such as 127.0.0.1 or 0.0.0.0", lambda v: bool(v.strip())),
     "port": ((int,), "a whole number from 1 to 65535", _in(1, 65535)),
+    "username": ((str,), "a name, or \"\" for none", None),
+    "password": ((str,), "a password of at least 8 characters in quotes, or \"\" for none",
+                 lambda v: v == "" or len(v) >= 8),
+    "queue_size": ((int,), "a whole number from 1 to 1000", _in(1, 1000)),
     "open_browser": ((bool,), "true or false", None),
     "data_dir": ((str,), "a folder path", lambda v: bool(v.strip())),
     "threads": ((int, str), "auto or a whole number from 1 to 256",
