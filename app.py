@@ -93,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from qwen_chat import loader
+    from qwen_chat.api import PARAMS as API_PARAMS
     from qwen_chat.api import add_api
     from qwen_chat.chat import ChatService
     from qwen_chat.engine import Engine
     from qwen_chat.store import Store
     from qwen_chat.ui import GENERATE, build_ui, launch_options
+    from qwen_chat.web import serve
 
     # One pool of compute threads, one per physical core; no second (inter-op) pool competing.
     torch.set_num_threads(config.thread_count)
@@ -123,16 +125,17 @@ def main(argv: list[str] | None = None) -> int:
         with demo:
             add_api(service, concurrency_id=GENERATE)
         demo.queue(default_concurrency_limit=4, max_size=config.queue_size)
-        demo.launch(server_name=config.host, server_port=config.port, quiet=True,
-                    auth=config.credentials, auth_message=AUTH_MESSAGE,
-                    inbrowser=config.open_browser and not args.no_browser,
-                    prevent_thread_lock=True, **launch_options())
         shown_host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-        print(f"\nQwen Chat is running: http://{shown_host}:{config.port}\n"
-              "Press Ctrl+C to stop. 按 Ctrl+C 退出。\n", flush=True)
-        demo.block_thread()
+        ready = lambda: print(f"\nQwen Chat is running: http://{shown_host}:{config.port}\n"  # noqa: E731
+                              "Press Ctrl+C to stop. 按 Ctrl+C 退出。\n", flush=True)
+        serve(demo, host=config.host, port=config.port, auth=config.credentials,
+              auth_message=AUTH_MESSAGE, launch_options=launch_options(), on_ready=ready,
+              open_browser=config.open_browser and not args.no_browser, api_params=API_PARAMS)
+        print("Stopping: ending replies and saving them ...", flush=True)
+        service.shutdown()
     finally:
         store.close()
+    print("Stopped. 已退出。", flush=True)
     return 0
 
 

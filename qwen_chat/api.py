@@ -15,6 +15,7 @@ from .chat import ChatService
 from .errors import MessageTooLong, NotFound
 
 MIN_OWNER_LENGTH = 16
+PARAMS = {"chat": 3, "conversations": 1}  # every parameter is a string (checked by web.py)
 
 
 def _check_owner(owner: str) -> str:

@@ -9,6 +9,7 @@ another process (a backup, sqlite3 CLI) from blocking us.
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import sqlite3
 import threading
@@ -21,6 +22,8 @@ from sqlite_utils.db import NotFoundError
 from sqlite_utils.migrations import Migrations
 
 from .errors import NotFound
+
+log = logging.getLogger(__name__)
 
 # A reply's status. "streaming" found at start-up means the app died mid-reply: "interrupted".
 COMPLETE, STREAMING, STOPPED, ERROR, INTERRUPTED = (
@@ -113,13 +116,16 @@ class Store:
         self.path = Path(path)
         self.db = connect(self.path)
         self._lock = threading.RLock()
+        self._closed = False
         with self._lock:
             migrations.apply(self.db)
             self.db.execute("UPDATE messages SET status = ? WHERE status = ?",
                             [INTERRUPTED, STREAMING])
 
     def close(self) -> None:
+        """Close the database (its write-ahead log is folded back into the file)."""
         with self._lock:
+            self._closed = True
             self.db.close()
 
     # Conversations -------------------------------------------------------------------------
@@ -177,6 +183,10 @@ class Store:
     def update_message(self, message_id: int, **changes) -> None:
         """Commit new content, status or figures of a message (used while a reply streams)."""
         changes["updated_at"] = time.time()
+        if self._closed:  # a reply still ending while the app shuts down
+            log.warning("Reply %s ended after the database was closed: it stays marked "
+                        "streaming and is marked interrupted at the next start.", message_id)
+            return
         with self._lock, contextlib.suppress(NotFoundError):  # its conversation was deleted
             self.db.table("messages").update(message_id, changes)
 

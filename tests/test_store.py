@@ -99,8 +99,9 @@ def test_migrations_upgrade_an_old_schema_and_keep_its_rows(tmp_path):
     store = Store(path)
     [message] = store.messages(ALICE, "c1")
     assert (message.content, message.status, message.updated_at) == ("from v1", "complete", 1.5)
+    assert message.dropped is None  # m003: no history was ever left out of its prompt
     applied = [m.name for m in migrations.applied(store.db)]
-    assert applied == ["m001_initial", "m002_reply_status_and_figures"]
+    assert applied == ["m001_initial", "m002_reply_status_and_figures", "m003_dropped_history"]
     store.close()
     Store(path).close()  # a second open applies nothing twice
 

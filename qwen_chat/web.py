@@ -1,0 +1,145 @@
+"""The HTTP server: the Gradio page mounted on a FastAPI app, served by uvicorn.
+
+Serving the app ourselves (rather than `Blocks.launch`) lets us put a guard in front of every
+route: a request body that is not valid JSON, or a malformed request that makes a route fail,
+gets a 4xx answer in JSON instead of a bare 500; nothing of a traceback reaches the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import webbrowser
+from typing import Callable
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 8 * 1024 * 1024  # bytes: far above a message's limit, far below a memory problem
+SHUTDOWN_GRACE = 3  # seconds open streams get to end when the app is stopped
+
+
+def _json_reply(status: int, message: str) -> tuple[dict, dict]:
+    body = json.dumps({"error": message}).encode()
+    start = {"type": "http.response.start", "status": status,
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}
+    return start, {"type": "http.response.body", "body": body}
+
+
+class RequestGuard:
+    """ASGI middleware: 400 for an unparsable JSON body, 413 for a huge one, and 400 (logged)
+    instead of a 500 for a request that makes a route fail."""
+
+    def __init__(self, app, api_params: dict[str, int] | None = None):
+        self.app = app
+        self.api_params = api_params or {}  # named endpoint -> number of string parameters
+
+    def _check_call(self, path: str, body: bytes) -> str | None:
+        """What is wrong with a call of a named endpoint (/gradio_api/call|run/<name>), if
+        anything: its "data" must be a list of that many strings (Gradio would only say so
+        later, in the event stream)."""
+        parts = path.rstrip("/").split("/")
+        if len(parts) != 4 or parts[1] != "gradio_api" or parts[2] not in ("call", "run"):
+            return None
+        expected = self.api_params.get(parts[3])
+        if expected is None:
+            return None
+        data = json.loads(body or b"null")
+        data = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(data, list) or len(data) != expected or not all(
+                isinstance(v, str) for v in data):
+            return f'"data" must be a list of {expected} strings for /{parts[3]}'
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        replay = receive
+        if scope["method"] in ("POST", "PUT", "PATCH") and b"json" in headers.get(b"content-type", b""):
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                more = message.get("more_body", False)
+                if size > MAX_BODY:
+                    return await self._answer(send, 413, f"request body over {MAX_BODY} bytes")
+            body = b"".join(chunks)
+            if body:
+                try:
+                    json.loads(body)
+                except ValueError:
+                    return await self._answer(send, 400, "request body is not valid JSON")
+            problem = self._check_call(scope.get("path", ""), body)
+            if problem:
+                return await self._answer(send, 400, problem)
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if sent:
+                    return await receive()  # then the client's disconnect, if it comes
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+        started = replaced = False
+
+        async def watch(message):
+            nonlocal started, replaced
+            if replaced:
+                return  # the body of a 500 we already answered as a 400
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] >= 500:  # a route failed on what the client sent
+                    replaced = True
+                    log.warning("A request to %s failed with %s: answered 400",
+                                scope.get("path"), message["status"])
+                    return await self._answer(send, 400, "malformed request")
+            await send(message)
+
+        try:
+            await self.app(scope, replay, watch)
+        except Exception:  # noqa: BLE001 - answered as a client error; the details are logged
+            log.exception("Malformed request to %s", scope.get("path"))
+            if not started:
+                await self._answer(send, 400, "malformed request")
+
+    @staticmethod
+    async def _answer(send, status: int, message: str) -> None:
+        start, body = _json_reply(status, message)
+        await send(start)
+        await send(body)
+
+
+def serve(demo: gr.Blocks, *, host: str, port: int, auth: tuple[str, str] | None,
+          auth_message: str, launch_options: dict, on_ready: Callable[[], None],
+          open_browser: bool, api_params: dict[str, int] | None = None) -> None:
+    """Serve `demo` until the process is asked to stop (Ctrl+C, SIGTERM)."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, auth_message=auth_message,
+                              server_name=host, server_port=port, **launch_options)
+    app.add_middleware(RequestGuard, api_params=api_params)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE, lifespan="on")
+    server = uvicorn.Server(config)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            on_ready()
+            if open_browser:
+                webbrowser.open(f"http://{shown}:{port}/")
+
+    threading.Thread(target=announce, daemon=True, name="qwen-chat-ready").start()
+    server.run()
