@@ -99,7 +99,7 @@ class RequestGuard:
                 return  # the body of a 500 we already answered as a 400
             if message["type"] == "http.response.start":
                 started = True
-                if message["status"] >= 500:  # a route failed on what the client sent
+                if message["status"] == 500:  # a route failed on what the client sent
                     replaced = True
                     log.warning("A request to %s failed with %s: answered 400",
                                 scope.get("path"), message["status"])
