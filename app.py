@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                               "Press Ctrl+C to stop. 按 Ctrl+C 退出。\n", flush=True)
         serve(demo, host=config.host, port=config.port, auth=config.credentials,
               auth_message=AUTH_MESSAGE, launch_options=launch_options(), on_ready=ready,
-              open_browser=config.open_browser and not args.no_browser, api_params=API_PARAMS)
+              open_browser=config.open_browser and not args.no_browser, api_params=API_PARAMS,
+              on_stop=service.shutdown)
         print("Stopping: ending replies and saving them ...", flush=True)
         service.shutdown()
     finally:

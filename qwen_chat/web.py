@@ -7,8 +7,10 @@ gets a 4xx answer in JSON instead of a bare 500; nothing of a traceback reaches 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
 import threading
 import time
 import webbrowser
@@ -120,17 +122,42 @@ class RequestGuard:
         await send(body)
 
 
+class _QuietShutdown(logging.Filter):
+    """On stop, open event streams (a browser tab, a script) are cut after SHUTDOWN_GRACE: an
+    expected end, not an error worth a traceback in the user's terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, asyncio.CancelledError)
+                    or "graceful shutdown exceeded" in record.getMessage())
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None] | None):
+        super().__init__(config)
+        self._on_stop = on_stop
+
+    def handle_exit(self, sig, frame) -> None:
+        logging.getLogger("uvicorn.error").addFilter(_QuietShutdown())
+        if self._on_stop is not None and not self.should_exit:
+            threading.Thread(target=self._on_stop, daemon=True, name="qwen-chat-stop").start()
+        super().handle_exit(sig, frame)
+
+
 def serve(demo: gr.Blocks, *, host: str, port: int, auth: tuple[str, str] | None,
           auth_message: str, launch_options: dict, on_ready: Callable[[], None],
-          open_browser: bool, api_params: dict[str, int] | None = None) -> None:
-    """Serve `demo` until the process is asked to stop (Ctrl+C, SIGTERM)."""
+          open_browser: bool, api_params: dict[str, int] | None = None,
+          on_stop: Callable[[], None] | None = None) -> None:
+    """Serve `demo` until the process is asked to stop (Ctrl+C, SIGTERM). `on_stop` runs first
+    thing on that signal (e.g. ends the replies being generated, so their streams close within
+    the grace period instead of being cut)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app = gr.mount_gradio_app(app, demo, path="/", auth=auth, auth_message=auth_message,
                               server_name=host, server_port=port, **launch_options)
     app.add_middleware(RequestGuard, api_params=api_params)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_graceful_shutdown=SHUTDOWN_GRACE, lifespan="on")
-    server = uvicorn.Server(config)
+    server = _Server(config, on_stop)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
 
     def announce() -> None:
@@ -142,4 +169,8 @@ def serve(demo: gr.Blocks, *, host: str, port: int, auth: tuple[str, str] | None
                 webbrowser.open(f"http://{shown}:{port}/")
 
     threading.Thread(target=announce, daemon=True, name="qwen-chat-ready").start()
+    # uvicorn handles Ctrl+C and SIGTERM while serving, then raises the signal again with the
+    # handlers it found: make those no-ops, so that the caller can save and close afterwards.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     server.run()
