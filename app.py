@@ -87,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail(problem)
 
     data_dir = config.data_path
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / ".write-test").touch()
+        (data_dir / ".write-test").unlink()
+    except OSError as exc:
+        return fail(f"data_dir: the folder {data_dir} cannot be used ({exc.strerror or exc}). "
+                    "Set `data_dir:` in config.yaml to a folder you can write to.", 2)
     cache_dir = Path(os.environ.get("QWEN_CHAT_CACHE") or data_dir / "cache")
 
     import torch

@@ -210,6 +210,8 @@ def _check(key: str, value: Any, source: str) -> Any:
     types, allowed, check = _RULES[key]
     # bool is a subclass of int in Python: `port: true` must not pass as 1.
     type_ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if isinstance(value, str) and "\x00" in value:
+        raise ConfigError(f"{source}: {key} contains a NUL character (\\0); remove it.")
     if not type_ok or (check is not None and not check(value)):
         shown = "(empty)" if value is None else repr(value) if isinstance(value, str) else value
         raise ConfigError(f"{source}: {key} = {shown} is not allowed; use {allowed}.")
