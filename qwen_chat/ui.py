@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 
 import gradio as gr
@@ -38,9 +39,21 @@ def lang_of(request: gr.Request | None) -> str:
     return i18n.language(headers.get("accept-language"))
 
 
+# Fenced code blocks (closed, or still open while a reply streams) and inline code spans.
+_CODE = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.S)
+
+
+def as_text(markdown: str) -> str:
+    """Markdown whose HTML shows as text: outside code, `&` and `<` become entities, so no tag
+    (a <script>, an <img onerror=...>) ever reaches the page; code is shown verbatim anyway."""
+    parts = _CODE.split(markdown)
+    return "".join(part if i % 2 else part.replace("&", "&amp;").replace("<", "&lt;")
+                   for i, part in enumerate(parts))
+
+
 def shown(message: Message, lang: str) -> dict:
     """A stored message as the chatbot shows it; a reply that did not complete says so."""
-    content = message.content
+    content = as_text(message.content)
     if message.role == "assistant" and message.status not in (COMPLETE, STREAMING):
         note = i18n.text(lang, message.status if message.status in i18n.EN else "error")
         detail = f": {message.error}" if message.error else ""
@@ -108,7 +121,7 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             gr.Warning(i18n.text(lang_of(request), "too_long", budget=service.input_budget()))
             return gr.skip(), chat, ""
         return (gr.update(value="", interactive=False),
-                chat + [{"role": "user", "content": text}], text)
+                chat + [{"role": "user", "content": as_text(text)}], text)
 
     def stream(updates, owner: str, chat: list, lang: str, known: str | None):
         """Relay a service stream to (chatbot, current, conversation list, status)."""
