@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import secrets
+import sqlite3
 import urllib.error
 import urllib.request
 
@@ -130,5 +131,11 @@ def test_malformed_requests_get_a_4xx_json_answer_never_a_500(app_servers, tiny_
         assert status == 200 and "event-stream" in kind, (path, status, kind)
         first = next(line for line in text.splitlines() if line.startswith("data:"))
         assert "Not Found" in json.dumps(json.loads(first[5:])) and "Traceback" not in text
+    # A 1 MB message through the API: refused with a clear message, nothing stored.
+    with pytest.raises(Exception, match="too long"):
+        Client(server.url, verbose=False).predict(secrets.token_hex(16), "", "x" * 1024 * 1024,
+                                                  api_name="/chat")
+    assert not server.db_path.exists() or not sqlite3.connect(server.db_path).execute(
+        "SELECT count(*) FROM messages").fetchone()[0]
     # Still healthy afterwards.
     assert request(server.url)[0] == 200
