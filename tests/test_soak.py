@@ -19,7 +19,7 @@ from gradio_client import Client
 
 from tests.server import app_servers  # noqa: F401 - a fixture
 
-MESSAGES = int(os.environ.get("SOAK_MESSAGES", "32"))
+MESSAGES = int(os.environ.get("SOAK_MESSAGES", "48"))
 CONVERSATIONS = 8
 QUESTIONS = ["What is the capital of France?", "Name a color.", "你好！", "What is 2 + 3?",
              "Say hello in Spanish.", "What do bees make?", "一年有几个月？", "Name a fruit."]
@@ -33,8 +33,11 @@ def rss_mb(pid: int) -> float:
 
 
 def test_soak_many_messages_over_eight_conversations(app_servers, gguf_path):
+    # Conversations are capped at max_input_tokens (older turns are left out) and no KV cache is
+    # kept between turns (kv_cache_mb: 0, a memory use by design, bounded by its own budget), so
+    # every round is the same work: memory must level off, not climb with the messages.
     server = app_servers(model=gguf_path, extra_config={
-        "max_new_tokens": 24, "kv_cache_mb": 64, "queue_size": 64})
+        "max_new_tokens": 24, "max_input_tokens": 256, "kv_cache_mb": 0, "queue_size": 64})
     owner = secrets.token_hex(16)
     clients = [Client(server.url, verbose=False) for _ in range(CONVERSATIONS)]  # one per user
     conversations = [""] * CONVERSATIONS
@@ -74,7 +77,7 @@ def test_soak_many_messages_over_eight_conversations(app_servers, gguf_path):
         users = conn.execute("SELECT count(*) FROM messages WHERE role = 'user'").fetchone()[0]
     assert users == sent and statuses.get("error", 0) == 0, statuses
     assert statuses.get("complete", 0) >= sent - cancelled
-    # Bounded: after the first round (model warm, caches filling up to kv_cache_mb), memory
-    # grows by less than 100 MB over the rest of the run.
-    warm = samples[1][1]
-    assert max(mb for _, mb in samples[1:]) - warm < 100, samples
+    # Bounded: from the middle of the run (caches full, conversations at their cap) to the end,
+    # memory grows by less than 50 MB.
+    middle = samples[len(samples) // 2][1]
+    assert max(mb for _, mb in samples[len(samples) // 2:]) - middle < 50, samples
