@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO / ".cache" / "bench" / "qwen2.5-0.5b-random"
+DEFAULT_MODEL = REPO / ".cache" / "bench" / "qwen2.5-0.5b-random-bf16"
 
 
 def free_port() -> int:
