@@ -131,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         with demo:
             add_api(service, concurrency_id=GENERATE)
         demo.queue(default_concurrency_limit=4, max_size=config.queue_size)
-        shown_host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-        ready = lambda: print(f"\nQwen Chat is running: http://{shown_host}:{config.port}\n"  # noqa: E731
-                              "Press Ctrl+C to stop. 按 Ctrl+C 退出。\n", flush=True)
+        ready = lambda url: print(f"\nQwen Chat is running: {url.rstrip('/')}\n"  # noqa: E731
+                                  "Press Ctrl+C to stop. 按 Ctrl+C 退出。\n", flush=True)
         serve(demo, host=config.host, port=config.port, auth=config.credentials,
               auth_message=AUTH_MESSAGE, launch_options=launch_options(), on_ready=ready,
               open_browser=config.open_browser and not args.no_browser, api_params=API_PARAMS,

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from . import i18n
 from .config import ConfigWatcher
 from .engine import Engine, Generation, Sampling, Stats
 from .errors import GenerationError, MessageTooLong, NotFound
@@ -30,8 +31,6 @@ CHARS_PER_TOKEN_LIMIT = 16
 # Once history must be cut, cut it to this share of max_input_tokens: the prompt's start then
 # stays the same for several turns, so the KV cache keeps being reused.
 REFILL = 0.75
-DROPPED_NOTICE = ("This conversation is longer than the model can read ({budget:,} tokens): its "
-                  "earliest messages are no longer seen. Start a new chat for a fresh topic.")
 # Replies that the model sees again as history: what the user saw, minus failures.
 _HISTORY_STATUSES = {COMPLETE, STOPPED, "interrupted"}
 
@@ -74,10 +73,10 @@ class ChatService:
         for generation in running:
             generation.close(max(0.1, deadline - time.monotonic()))
 
-    def warm(self, *, wait: bool = False) -> None:
+    def warm(self) -> None:
         """Have the engine pre-fill the current system prompt, the start of every new chat, so
-        that a first message only prefills its own words. Runs in the background unless `wait`;
-        does nothing when that system prompt is already cached."""
+        that a first message only prefills its own words. Runs in the background; does nothing
+        when that system prompt is already cached."""
         system = self.settings.current().system_prompt
         if system == self._warmed:
             return
@@ -90,10 +89,7 @@ class ChatService:
             except Exception:  # noqa: BLE001 - only a speed-up: chats work without it
                 log.exception("Could not pre-fill the system prompt")
 
-        thread = threading.Thread(target=run, daemon=True, name="qwen-chat-warm")
-        thread.start()
-        if wait:
-            thread.join()
+        threading.Thread(target=run, daemon=True, name="qwen-chat-warm").start()
 
     # Conversations, always scoped to one browser's owner id -------------------------------
     def conversations(self, owner: str) -> list[Conversation]:
@@ -176,7 +172,13 @@ class ChatService:
         budget = self.input_budget()
         system = messages[:1] if messages and messages[0]["role"] == "system" else []
         history = messages[len(system):]
-        size = lambda k: int(self.engine.prompt_ids([*system, *history[k:]]).shape[-1])  # noqa: E731
+        sizes: dict[int, int] = {}  # prompt tokens when the k oldest messages are left out
+
+        def size(k: int) -> int:
+            if k not in sizes:
+                sizes[k] = int(self.engine.prompt_ids([*system, *history[k:]]).shape[-1])
+            return sizes[k]
+
         dropped = max(0, min(already_dropped, len(history) - 1))
         if size(dropped) <= budget:
             return [*system, *history[dropped:]], dropped
@@ -189,10 +191,14 @@ class ChatService:
                                  "the model reads (max_input_tokens in config.yaml).")
         return [*system, *history[dropped:]], dropped
 
-    def prompt_messages(self, owner: str, conversation_id: str) -> list[dict]:
-        """What the model sees: the system prompt, then the history (or only the last message)."""
+    def prompt_messages(self, owner: str, conversation_id: str,
+                        stored: list[Message] | None = None) -> list[dict]:
+        """What the model sees: the system prompt, then the history (or only the last message).
+        `stored`: the conversation's messages when the caller has read them already."""
         config = self.settings.current()
-        stored = [m for m in self.store.messages(owner, conversation_id)
+        if stored is None:
+            stored = self.store.messages(owner, conversation_id)
+        stored = [m for m in stored
                   if m.role == "user" or (m.status in _HISTORY_STATUSES and m.content)]
         if not config.enable_history:
             stored = [m for m in stored if m.role == "user"][-1:]
@@ -229,11 +235,12 @@ class ChatService:
         sampling = Sampling(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens,
                             repetition_penalty=config.repetition_penalty)
-        earlier = [m.dropped for m in self.store.messages(owner, conversation.id)
-                   if m.role == "assistant" and m.dropped is not None]
+        stored = self.store.messages(owner, conversation.id)
+        earlier = [m.dropped for m in stored if m.role == "assistant" and m.dropped is not None]
         previous = earlier[-1] if earlier else 0
-        prompt, dropped = self.fit(self.prompt_messages(owner, conversation.id), previous)
-        notice = DROPPED_NOTICE.format(budget=self.input_budget()) if dropped and not previous else None
+        prompt, dropped = self.fit(self.prompt_messages(owner, conversation.id, stored), previous)
+        notice = (i18n.text("en", "dropped", budget=self.input_budget())
+                  if dropped and not previous else None)
         reply = self.store.add_message(conversation.id, "assistant", "", status=STREAMING)
         parts: list[str] = []
         status, error, stats, generation = STREAMING, None, Stats(), None

@@ -20,6 +20,7 @@ import yaml
 from .errors import ConfigError
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+PRECISIONS = ("auto", "fp32", "bf16", "int8")  # see precision.py
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 # Keys read only at start-up: changing them in a running app needs a restart.
@@ -202,7 +203,7 @@ _RULES: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "threads": ((int, str), "auto or a whole number from 1 to 256",
                 lambda v: v == "auto" if isinstance(v, str) else 1 <= v <= 256),
     "kv_cache_mb": ((int,), "a whole number of megabytes from 0 (off) to 65536", _in(0, 65536)),
-    "precision": ((str,), "auto, int8, fp32 or bf16", lambda v: v in ("auto", "int8", "fp32", "bf16")),
+    "precision": ((str,), "auto, int8, fp32 or bf16", lambda v: v in PRECISIONS),
 }
 
 

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+from .config import PRECISIONS  # one list: config.yaml is checked against it too
+
 AUTO_CPU = "int8"  # the measured winner on CPU (see the module docstring)
 CODE_VERSION = 2  # bump when the int8 format or quantization recipe changes (invalidates caches)
 PREFILL_ROWS = 128  # from this many rows on, dequantize + fp32 sgemm beats int8 gemv (measured)
@@ -176,6 +177,15 @@ def _float_rest(model: nn.Module) -> None:
                     module._buffers[name] = new
 
 
+def _to_int8(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Quantize `model` in place (int8 modules, the rest in float32); returns the int8 tensors."""
+    with torch.no_grad():
+        tensors = _quantize_tensors(model)
+        _install(model, tensors)
+        _float_rest(model)
+    return tensors
+
+
 def resolve(precision: str) -> str:
     """Validate `precision` and turn "auto" into the measured winner on this CPU."""
     if precision not in PRECISIONS:
@@ -200,17 +210,14 @@ def apply_precision(model: nn.Module, precision: str) -> tuple[nn.Module, str]:
     if used == "bf16":
         model.to(torch.bfloat16)
     elif used == "int8":
-        with torch.no_grad():
-            _install(model, _quantize_tensors(model))
+        _to_int8(model)
     elif any(p.dtype != torch.float32 for p in model.parameters()):
         model.float()
-    if used == "int8":
-        _float_rest(model)
     return model, used
 
 
 def fingerprint(folder: Path) -> str:
-    """Cache key: precision recipe, kernel, torch version, and each weight/config file's identity.
+    """Cache key: int8 recipe version, torch version, and each weight/config file's identity.
 
     Files are identified by resolved name, size and modification time (Hub snapshots link to
     content-addressed blobs), so a changed checkpoint is never served from a stale cache.
@@ -268,10 +275,7 @@ def load_int8(folder: Path, cache_file: Path) -> nn.Module:
     except (OSError, RuntimeError, ValueError, KeyError, AttributeError, EOFError):
         pass  # missing, unreadable or stale: quantize and rewrite it below
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", local_files_only=True).eval()
-    with torch.no_grad():
-        tensors = _quantize_tensors(model)
-        _install(model, tensors)
-        _float_rest(model)
+    tensors = _to_int8(model)
     rest = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}")

@@ -42,7 +42,7 @@ class RequestGuard:
         self.app = app
         self.api_params = api_params or {}  # named endpoint -> number of string parameters
 
-    def _check_call(self, path: str, body: bytes) -> str | None:
+    def _check_call(self, path: str, payload) -> str | None:
         """What is wrong with a call of a named endpoint (/gradio_api/call|run/<name>), if
         anything: its "data" must be a list of that many strings (Gradio would only say so
         later, in the event stream)."""
@@ -52,8 +52,7 @@ class RequestGuard:
         expected = self.api_params.get(parts[3])
         if expected is None:
             return None
-        data = json.loads(body or b"null")
-        data = data.get("data") if isinstance(data, dict) else None
+        data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list) or len(data) != expected or not all(
                 isinstance(v, str) for v in data):
             return f'"data" must be a list of {expected} strings for /{parts[3]}'
@@ -76,12 +75,11 @@ class RequestGuard:
                 if size > MAX_BODY:
                     return await self._answer(send, 413, f"request body over {MAX_BODY} bytes")
             body = b"".join(chunks)
-            if body:
-                try:
-                    json.loads(body)
-                except ValueError:
-                    return await self._answer(send, 400, "request body is not valid JSON")
-            problem = self._check_call(scope.get("path", ""), body)
+            try:
+                payload = json.loads(body) if body else None
+            except ValueError:
+                return await self._answer(send, 400, "request body is not valid JSON")
+            problem = self._check_call(scope.get("path", ""), payload)
             if problem:
                 return await self._answer(send, 400, problem)
             sent = False
@@ -145,10 +143,11 @@ class _Server(uvicorn.Server):
 
 
 def serve(demo: gr.Blocks, *, host: str, port: int, auth: tuple[str, str] | None,
-          auth_message: str, launch_options: dict, on_ready: Callable[[], None],
+          auth_message: str, launch_options: dict, on_ready: Callable[[str], None],
           open_browser: bool, api_params: dict[str, int] | None = None,
           on_stop: Callable[[], None] | None = None) -> None:
-    """Serve `demo` until the process is asked to stop (Ctrl+C, SIGTERM). `on_stop` runs first
+    """Serve `demo` until the process is asked to stop (Ctrl+C, SIGTERM). `on_ready(url)` runs
+    once it answers, with the address to open in a browser. `on_stop` runs first
     thing on that signal (e.g. ends the replies being generated, so their streams close within
     the grace period instead of being cut)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
@@ -158,15 +157,15 @@ def serve(demo: gr.Blocks, *, host: str, port: int, auth: tuple[str, str] | None
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_graceful_shutdown=SHUTDOWN_GRACE, lifespan="on")
     server = _Server(config, on_stop)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
 
     def announce() -> None:
         while not server.started and not server.should_exit:
             time.sleep(0.05)
         if server.started:
-            on_ready()
+            on_ready(url)
             if open_browser:
-                webbrowser.open(f"http://{shown}:{port}/")
+                webbrowser.open(url)
 
     threading.Thread(target=announce, daemon=True, name="qwen-chat-ready").start()
     # uvicorn handles Ctrl+C and SIGTERM while serving, then raises the signal again with the
