@@ -3,9 +3,10 @@
     .venv/bin/python bench/batch.py [--batch 4] [--new-tokens 32]
 
 Loads the Qwen2.5-0.5B shape (random weights, the folder bench.py materializes) through the
-app's loader with its default precision, then generates `--new-tokens` greedy tokens for
-`--batch` different prompts: one after another, then as one left-padded batch. Prints total
-generated tokens per second for both, in one process and one run.
+app's loader with its default precision, then sends `--batch` different prompts at once to the
+app's engine twice, in one process and one run: with `max_batch: 1` (one reply after another)
+and with `max_batch` = `--batch` (decoded together). Prints total generated tokens per second
+for both, and each reply's own speed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,20 @@ import torch  # noqa: E402
 
 from bench.bench import MESSAGES, SYSTEM, materialize  # noqa: E402
 from qwen_chat.config import physical_cores  # noqa: E402
+from qwen_chat.engine import Engine, Sampling  # noqa: E402
 from qwen_chat.loader import load  # noqa: E402
+
+
+def run(engine: Engine, prompts: list[list[dict]], sampling: Sampling) -> tuple[float, float, int]:
+    """Send every prompt at once; return (seconds until all ended, mean per-reply tok/s, tokens)."""
+    started = time.perf_counter()
+    replies = [engine.generate(p, sampling) for p in prompts]
+    for reply in replies:
+        for _ in reply:
+            pass
+    elapsed = time.perf_counter() - started
+    speeds = [r.stats.tokens_per_s or 0.0 for r in replies]
+    return elapsed, sum(speeds) / len(speeds), sum(r.stats.new_tokens for r in replies)
 
 
 def main() -> None:
@@ -37,26 +51,21 @@ def main() -> None:
     torch.set_num_threads(physical_cores())
     materialize(args.shared, args.cache)
     model, tok = load(str(args.cache), cache_dir=args.cache.parent / "app-cache", precision="auto")
-    tok.padding_side = "left"
-    texts = [tok.apply_chat_template([SYSTEM, {"role": "user", "content": m}], tokenize=False,
-                                     add_generation_prompt=True) for m in MESSAGES[:args.batch]]
-    kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-              pad_token_id=tok.pad_token_id or 0)
-    with torch.inference_mode():
-        model.generate(**tok(texts[:1], return_tensors="pt"), **{**kw, "max_new_tokens": 2,
-                                                                 "min_new_tokens": 2})  # warm-up
-        started = time.perf_counter()
-        for text in texts:
-            model.generate(**tok([text], return_tensors="pt"), **kw)
-        one_by_one = time.perf_counter() - started
-        started = time.perf_counter()
-        model.generate(**tok(texts, return_tensors="pt", padding=True), **kw)
-        batched = time.perf_counter() - started
-    total = args.batch * args.new_tokens
-    print(f"precision {model.precision}, {args.batch} conversations x {args.new_tokens} tokens")
-    print(f"one after another: {total / one_by_one:.1f} tokens/s ({one_by_one:.1f} s)")
-    print(f"one batch:         {total / batched:.1f} tokens/s ({batched:.1f} s)")
-    print(f"batch / sequential throughput: {one_by_one / batched:.2f}x")
+    prompts = [[SYSTEM, {"role": "user", "content": m}] for m in MESSAGES[:args.batch]]
+    # Greedy with a repetition penalty: random weights then never end a reply early.
+    sampling = Sampling(temperature=0, max_new_tokens=args.new_tokens, repetition_penalty=1.05)
+    one = Engine(model, tok, kv_cache_mb=0, max_batch=1)
+    together = Engine(model, tok, kv_cache_mb=0, max_batch=args.batch)
+    run(one, prompts[:1], Sampling(temperature=0, max_new_tokens=2))  # warm-up
+    t_one, each_one, n_one = run(one, prompts, sampling)
+    t_all, each_all, n_all = run(together, prompts, sampling)
+    print(f"precision {model.precision}, {args.batch} conversations sent at once, "
+          f"{args.new_tokens} new tokens each")
+    print(f"max_batch 1 (one after another): {n_one / t_one:5.1f} tokens/s in all, "
+          f"{each_one:4.1f} tokens/s per reply ({t_one:.1f} s)")
+    print(f"max_batch {args.batch} (decoded together):  {n_all / t_all:5.1f} tokens/s in all, "
+          f"{each_all:4.1f} tokens/s per reply ({t_all:.1f} s)")
+    print(f"total throughput, together / one after another: {(n_all / t_all) / (n_one / t_one):.2f}x")
 
 
 if __name__ == "__main__":

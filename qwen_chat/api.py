@@ -56,5 +56,6 @@ def add_api(service: ChatService, *, concurrency_id: str) -> None:
                               for m in service.messages(owner, c.id)]}
                 for c in service.conversations(owner)]
 
-    gr.api(chat, api_name="chat", concurrency_limit=1, concurrency_id=concurrency_id)
+    gr.api(chat, api_name="chat", concurrency_limit=service.engine.max_batch,
+           concurrency_id=concurrency_id)
     gr.api(conversations, api_name="conversations")

@@ -31,7 +31,7 @@ CSS = """
 #conversations label { width: 100%; }
 #conversations label.selected, #conversations label.selected * { color: white; }
 """
-GENERATE = "generate"  # one concurrency group: the model serves one reply at a time
+GENERATE = "generate"  # one concurrency group: as many replies as the engine batches
 
 
 def lang_of(request: gr.Request | None) -> str:
@@ -233,6 +233,7 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
 
         private = dict(api_visibility="private")
         outputs = [chatbot, current, conversations, status]
+        together = service.engine.max_batch  # replies in flight; later ones wait in the queue
         demo.load(on_load, [owner], [owner, conversations, current, chatbot, status], **private)
         streams = []
         for trigger in (box.submit, send_btn.click):
@@ -240,11 +241,11 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                 trigger(take_message, [box, chatbot], [box, chatbot, pending], queue=False,
                         **private)
                 .then(send, [owner, current, pending, chatbot], outputs,
-                      concurrency_limit=1, concurrency_id=GENERATE, **private))
+                      concurrency_limit=together, concurrency_id=GENERATE, **private))
             streams[-1].then(lambda: gr.update(interactive=True), outputs=[box], queue=False,
                              **private)
         for trigger in (retry_btn.click, chatbot.retry):
-            streams.append(trigger(retry, [owner, current], outputs, concurrency_limit=1,
+            streams.append(trigger(retry, [owner, current], outputs, concurrency_limit=together,
                                    concurrency_id=GENERATE, **private))
         # Stop ends this tab's reply through the service (it then ends, saved and marked, within
         # one decode step); cancelling the events also drops a reply still waiting in the queue.

@@ -40,12 +40,21 @@ def test_prompt_uses_the_chat_template(engine):
                     "<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_streaming_yields_the_same_text_as_plain_greedy_generation(engine):
+def hf_generate(engine, ids, sampling: Sampling) -> torch.Tensor:
+    """transformers' own generate(), greedy: the reference the engine's decode loop must match."""
+    with torch.inference_mode():
+        return engine.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+            max_new_tokens=sampling.max_new_tokens, repetition_penalty=sampling.repetition_penalty,
+            eos_token_id=engine.eos_token_ids, pad_token_id=engine.eos_token_ids[0],
+            temperature=None, top_p=None, top_k=None)
+
+
+def test_streaming_yields_the_same_text_as_transformers_greedy_generate(engine):
     generation = engine.generate(MESSAGES, GREEDY)
     pieces = [p for p in generation if p]
     ids = engine.prompt_ids(MESSAGES)
-    with torch.inference_mode():
-        reference = engine.model.generate(**engine.generate_kwargs(ids, GREEDY))
+    reference = hf_generate(engine, ids, GREEDY)
     expected = engine.tokenizer.decode(reference[0, ids.shape[1]:], skip_special_tokens=True)
     assert len(pieces) > 1
     assert "".join(pieces) == expected
@@ -67,12 +76,13 @@ def test_close_ends_the_generate_thread_quickly(engine):
     assert not engine.lock.locked()  # the next reply can start
 
 
+def first_text(generation) -> str:
+    return next(p for p in generation if p)
+
+
 def test_closing_one_generation_leaves_another_running(engine):
-    first = engine.generate(MESSAGES, ENDLESS)
-    first_pieces = iter(first)
-    assert next(p for p in first_pieces if p)
-    second = engine.generate(MESSAGES, ENDLESS)  # waits for the engine: only heartbeats
-    assert next(iter(second)) == ""
+    first, second = engine.generate(MESSAGES, ENDLESS), engine.generate(MESSAGES, ENDLESS)
+    assert first_text(first) and first_text(second)  # generated together
     second.close()
     assert not second.running
     tokens_before = first.stats.new_tokens
@@ -80,6 +90,49 @@ def test_closing_one_generation_leaves_another_running(engine):
     assert first.running and first.stats.new_tokens > tokens_before
     first.close()
     assert not first.running
+
+
+def test_beyond_max_batch_a_reply_waits_its_turn_and_can_be_stopped_while_waiting(tiny_model):
+    engine = Engine(*tiny_model, max_batch=2)
+    first, second = engine.generate(MESSAGES, ENDLESS), engine.generate(MESSAGES, ENDLESS)
+    assert first_text(first) and first_text(second)
+    third, fourth = engine.generate(MESSAGES, ENDLESS), engine.generate(MESSAGES, ENDLESS)
+    time.sleep(0.5)
+    assert third.stats.new_tokens == 0 and fourth.stats.new_tokens == 0  # waiting
+    assert next(iter(third)) == ""  # a heartbeat while waiting
+    third.close()  # stopped while waiting: ends at once, never generated
+    assert not third.running and third.stats.new_tokens == 0
+    first.close()  # makes room: the next in line (fourth) starts
+    assert first_text(fourth)
+    for g in (second, fourth):
+        g.close()
+    assert not engine.lock.locked()
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "short"}],
+    [{"role": "system", "content": "You answer in long, careful paragraphs."},
+     {"role": "user", "content": "A much longer question, 关于长上下文的问题, with more tokens in it."}],
+    [{"role": "user", "content": "第三个对话 🙂"}],
+]
+
+
+def test_replies_generated_together_are_the_ones_each_gets_alone(tiny_model):
+    """Batched decode (left-padded caches of different lengths, replies joining and leaving
+    mid-way) yields exactly the tokens each reply gets on its own."""
+    engine = Engine(*tiny_model, max_batch=4, kv_cache_mb=0)
+    lengths = [7, 25, 40]
+    alone = [engine.tokenizer.decode(
+        hf_generate(engine, engine.prompt_ids(m), Sampling(0, 1.0, n, 3.0))[
+            0, engine.prompt_ids(m).shape[1]:], skip_special_tokens=True)
+        for m, n in zip(CONVERSATIONS, lengths)]
+    first = engine.generate(CONVERSATIONS[0], Sampling(0, 1.0, lengths[0], 3.0))
+    second = engine.generate(CONVERSATIONS[1], Sampling(0, 1.0, lengths[1], 3.0))
+    pieces = [first_text(second)]
+    third = engine.generate(CONVERSATIONS[2], Sampling(0, 1.0, lengths[2], 3.0))  # joins late
+    together = ["".join(first), "".join(pieces) + "".join(second), "".join(third)]
+    assert together == alone
+    assert engine.step_sizes[3] > 0 and engine.step_sizes[2] > 0  # really decoded together
 
 
 class _Exploding(Qwen2ForCausalLM):
