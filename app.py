@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from qwen_chat.api import add_api
     from qwen_chat.chat import ChatService
     from qwen_chat.engine import Engine
+    from qwen_chat.openai_api import router as openai_router
     from qwen_chat.store import Store
     from qwen_chat.ui import GENERATE, build_ui, launch_options
     from qwen_chat.web import serve
@@ -137,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         serve(demo, host=config.host, port=config.port, auth=config.credentials,
               auth_message=AUTH_MESSAGE, launch_options=launch_options(), on_ready=ready,
               open_browser=config.open_browser and not args.no_browser, api_params=API_PARAMS,
-              on_stop=service.shutdown)
+              on_stop=service.shutdown,
+              routers=(openai_router(service, model_id=config.model_id, api_key=config.openai_key,
+                                     key_required=not config.local_only,
+                                     queue_size=config.queue_size),))
         print("Stopping: ending replies and saving them ...", flush=True)
         service.shutdown()
     finally:

@@ -72,6 +72,7 @@ class ChatService:
         deadline = time.monotonic() + timeout
         for generation in running:
             generation.close(max(0.1, deadline - time.monotonic()))
+        self.engine.stop_all(max(0.1, deadline - time.monotonic()))  # API replies too
 
     def warm(self) -> None:
         """Have the engine pre-fill the current system prompt, the start of every new chat, so

@@ -24,8 +24,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")  # see precision.py
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 # Keys read only at start-up: changing them in a running app needs a restart.
-RESTART_KEYS = ("model", "host", "port", "username", "password", "queue_size", "max_batch",
-                "data_dir", "threads", "kv_cache_mb", "precision")
+RESTART_KEYS = ("model", "host", "port", "username", "password", "api_key", "queue_size",
+                "max_batch", "data_dir", "threads", "kv_cache_mb", "precision")
 
 DEFAULT_CONFIG_TEXT = f"""\
 # Qwen Chat settings. Save this file: sampling and history settings apply to the next message.
@@ -73,6 +73,11 @@ host: 127.0.0.1
 # 环境变量 QWEN_CHAT_USERNAME 与 QWEN_CHAT_PASSWORD 优先。（需重启）
 username: ""
 password: ""
+
+# Key for the OpenAI-compatible API (/v1), sent as "Authorization: Bearer <key>"; "" = none.
+# Required to use /v1 when host is not this computer only. QWEN_CHAT_API_KEY overrides it. (restart)
+# OpenAI 兼容 API（/v1）的密钥；"" = 不需要。host 不是仅本机时必须设置。QWEN_CHAT_API_KEY 优先。（需重启）
+api_key: ""
 
 # Most messages waiting for the model at once; beyond it a sender is asked to try again. (restart)
 # 同时排队等待模型的消息上限；超出时提示稍后再试。（需重启）
@@ -123,6 +128,7 @@ class Config:
     port: int = 8080
     username: str = ""
     password: str = ""
+    api_key: str = ""
     queue_size: int = 32
     max_batch: int = 4
     open_browser: bool = True
@@ -146,6 +152,18 @@ class Config:
         user = os.environ.get("QWEN_CHAT_USERNAME") or self.username
         password = os.environ.get("QWEN_CHAT_PASSWORD") or self.password
         return (user, password) if user.strip() and password else None
+
+    @property
+    def openai_key(self) -> str:
+        """The /v1 API key, environment first ("" = none)."""
+        return os.environ.get("QWEN_CHAT_API_KEY") or self.api_key
+
+    @property
+    def model_id(self) -> str:
+        """The model's name in the /v1 API: the Hub id, or a local folder's or file's name."""
+        path = Path(self.model).expanduser()
+        local = path if path.is_absolute() else self.base_dir / path
+        return local.name if local.exists() else self.model
 
     @property
     def local_only(self) -> bool:
@@ -203,6 +221,8 @@ _RULES: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "username": ((str,), "a name, or \"\" for none", None),
     "password": ((str,), "a password of at least 8 characters in quotes, or \"\" for none",
                  lambda v: v == "" or len(v) >= 8),
+    "api_key": ((str,), "a key of at least 8 characters in quotes, or \"\" for none",
+                lambda v: v == "" or len(v) >= 8),
     "queue_size": ((int,), "a whole number from 1 to 1000", _in(1, 1000)),
     "max_batch": ((int,), "a whole number from 1 to 16", _in(1, 16)),
     "open_browser": ((bool,), "true or false", None),

@@ -13,6 +13,8 @@ ends its reply within one step and leaves the others running.
 from __future__ import annotations
 
 import atexit
+import ctypes
+import ctypes.util
 import queue
 import threading
 import weakref
@@ -32,6 +34,20 @@ from .kvcache import KVCacheStore
 POLL_INTERVAL = 0.05
 DEFAULT_TOP_K = 50  # transformers' default when the model's generation config sets none
 _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+def _trimmer():
+    """glibc's malloc_trim, or None elsewhere (macOS, Windows, musl)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+# Replies of different lengths and batch sizes leave the heap fragmented; handing freed memory
+# back to the system whenever the engine goes idle keeps resident memory flat (tests/test_soak.py).
+_malloc_trim = _trimmer()
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,7 @@ class Generation:
         self.cache: DynamicCache | None = None  # this reply's keys/values while it is not batched
         self.tokens: list[int] = []  # generated so far (the last one is not yet in the cache)
         self._tokenizer = engine.tokenizer
+        self._eos = engine.eos_token_ids
         self._started = time.perf_counter()
         self._first_at: float | None = None
         self._text = ""  # decoded text handed out so far
@@ -133,6 +150,12 @@ class Generation:
     @property
     def running(self) -> bool:
         return not self._done.is_set()
+
+    @property
+    def finish_reason(self) -> str:
+        """"length" when the reply was cut at max_new_tokens, else "stop" (ended or stopped)."""
+        ended = bool(self.tokens) and self.tokens[-1] in self._eos
+        return "length" if not ended and len(self.tokens) >= self.sampling.max_new_tokens else "stop"
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop generating and wait (bounded) until the engine has let this reply go."""
@@ -247,6 +270,12 @@ class Engine:
         """Drop a conversation's cache (it was deleted)."""
         self.kv.forget(cache_key)
 
+    @property
+    def waiting(self) -> int:
+        """Replies queued for room in the batch."""
+        with self._wake:
+            return len(self._waiting)
+
     def stop_all(self, timeout: float = 5.0) -> None:
         """Cancel every reply, running or waiting, and wait (bounded) until they have ended."""
         with self._wake:
@@ -293,6 +322,8 @@ class Engine:
         """Replies to start now, first come first served, as room allows; waits while idle.
         A reply stopped while it waited ends here, never started."""
         with self._wake:
+            if not self._waiting and not busy and _malloc_trim is not None:
+                _malloc_trim(0)  # idle: return freed memory to the system
             while not self._waiting and not busy:
                 self._wake.wait()
             for g in [g for g in self._waiting if g.cancel.is_set()]:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import gradio as gr
 import uvicorn
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,10 @@ MAX_BODY = 8 * 1024 * 1024  # bytes: far above a message's limit, far below a me
 SHUTDOWN_GRACE = 3  # seconds open streams get to end when the app is stopped
 
 
-def _json_reply(status: int, message: str) -> tuple[dict, dict]:
-    body = json.dumps({"error": message}).encode()
+def _json_reply(status: int, message: str, path: str = "") -> tuple[dict, dict]:
+    error = ({"message": message, "type": "invalid_request_error", "param": None, "code": None}
+             if path.startswith("/v1/") else message)  # the OpenAI API's error object there
+    body = json.dumps({"error": error}).encode()
     start = {"type": "http.response.start", "status": status,
              "headers": [(b"content-type", b"application/json"),
                          (b"content-length", str(len(body)).encode())]}
@@ -62,6 +64,7 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
+        path = scope.get("path", "")
         replay = receive
         if scope["method"] in ("POST", "PUT", "PATCH") and b"json" in headers.get(b"content-type", b""):
             chunks, size, more = [], 0, True
@@ -73,13 +76,13 @@ class RequestGuard:
                 size += len(chunks[-1])
                 more = message.get("more_body", False)
                 if size > MAX_BODY:
-                    return await self._answer(send, 413, f"request body over {MAX_BODY} bytes")
+                    return await self._answer(send, 413, f"request body over {MAX_BODY} bytes", path)
             body = b"".join(chunks)
             try:
                 payload = json.loads(body) if body else None
             except ValueError:
-                return await self._answer(send, 400, "request body is not valid JSON")
-            problem = self._check_call(scope.get("path", ""), payload)
+                return await self._answer(send, 400, "request body is not valid JSON", path)
+            problem = self._check_call(path, payload)
             if problem:
                 return await self._answer(send, 400, problem)
             sent = False
@@ -99,7 +102,8 @@ class RequestGuard:
                 return  # the body of a 500 we already answered as a 400
             if message["type"] == "http.response.start":
                 started = True
-                if message["status"] == 500:  # a route failed on what the client sent
+                if message["status"] == 500 and not path.startswith("/v1/"):
+                    # a Gradio route failed on what the client sent (/v1 answers its own errors)
                     replaced = True
                     log.warning("A request to %s failed with %s: answered 400",
                                 scope.get("path"), message["status"])
@@ -109,13 +113,13 @@ class RequestGuard:
         try:
             await self.app(scope, replay, watch)
         except Exception:  # noqa: BLE001 - answered as a client error; the details are logged
-            log.exception("Malformed request to %s", scope.get("path"))
+            log.exception("Malformed request to %s", path)
             if not started:
-                await self._answer(send, 400, "malformed request")
+                await self._answer(send, 400, "malformed request", path)
 
     @staticmethod
-    async def _answer(send, status: int, message: str) -> None:
-        start, body = _json_reply(status, message)
+    async def _answer(send, status: int, message: str, path: str = "") -> None:
+        start, body = _json_reply(status, message, path)
         await send(start)
         await send(body)
 
@@ -145,12 +149,14 @@ class _Server(uvicorn.Server):
 def serve(demo: gr.Blocks, *, host: str, port: int, auth: tuple[str, str] | None,
           auth_message: str, launch_options: dict, on_ready: Callable[[str], None],
           open_browser: bool, api_params: dict[str, int] | None = None,
-          on_stop: Callable[[], None] | None = None) -> None:
+          on_stop: Callable[[], None] | None = None, routers: tuple[APIRouter, ...] = ()) -> None:
     """Serve `demo` until the process is asked to stop (Ctrl+C, SIGTERM). `on_ready(url)` runs
     once it answers, with the address to open in a browser. `on_stop` runs first
     thing on that signal (e.g. ends the replies being generated, so their streams close within
-    the grace period instead of being cut)."""
+    the grace period instead of being cut). `routers` are served beside the page (/v1)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    for router in routers:  # before the page: it is mounted at "/" and would take every path
+        app.include_router(router)
     app = gr.mount_gradio_app(app, demo, path="/", auth=auth, auth_message=auth_message,
                               server_name=host, server_port=port, **launch_options)
     app.add_middleware(RequestGuard, api_params=api_params)

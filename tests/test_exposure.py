@@ -61,6 +61,10 @@ def test_a_lan_address_with_a_password_serves_only_signed_in_users(app_servers, 
                            body=json.dumps({"data": ["x" * 32]}).encode(),
                            headers={"Content-Type": "application/json"})
     assert status == 401
+    # The OpenAI-compatible API stays off until an api_key is set (sign-in cookies are no use
+    # to API clients).
+    status, _, body = request(base + "/v1/models")
+    assert status == 401 and "api_key" in json.loads(body)["error"]["message"]
     # A wrong password is refused; the right one works, for scripts too.
     form = lambda pw: f"username={USER}&password={pw}".encode()  # noqa: E731
     status, _, _ = request(base + "/login", method="POST", body=form("wrong"),
@@ -110,6 +114,13 @@ ROUTES = [  # (method, path, body): malformed or missing payloads for every rout
     ("POST", "/gradio_api/reset", b"{}"),
     ("GET", "/gradio_api/heartbeat/x" * 3, None),
     ("POST", "/login", b""),
+    ("POST", "/v1/chat/completions", b"{not json"),
+    ("POST", "/v1/chat/completions", b'["a list"]'),
+    ("POST", "/v1/chat/completions", b'{"model": 5, "messages": 5}'),
+    ("POST", "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user"}], "stop": 5}'),
+    ("GET", "/v1/chat/completions", None),
+    ("POST", "/v1/models", b"{}"),
+    ("GET", "/v1/nope", None),
     ("GET", "/gradio_api/file=", None),
     ("GET", "/nope", None),
 ]

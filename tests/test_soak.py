@@ -70,7 +70,8 @@ def test_soak_many_messages_over_eight_conversations(app_servers, gguf_path):
             samples.append((sent, rss_mb(server.proc.pid)))
 
     per_100 = [(n, round(mb)) for n, mb in samples if n % 100 == 0 or n == sent]
-    print(f"\nsoak: {sent} messages, {cancelled} cancelled, RSS MB by messages sent: {per_100}")
+    print(f"\nsoak: {sent} messages, {cancelled} cancelled, RSS MB by messages sent: {per_100}"
+          f"\nevery round: {[round(mb) for _, mb in samples]}")
     with sqlite3.connect(server.db_path) as conn:
         statuses = dict(conn.execute("SELECT status, count(*) FROM messages WHERE role = "
                                      "'assistant' GROUP BY status").fetchall())

@@ -1,0 +1,238 @@
+"""An OpenAI-compatible API on the app's own port: GET /v1/models, POST /v1/chat/completions.
+
+Any OpenAI client (the `openai` package, editors, agents) can use the local model:
+`base_url="http://127.0.0.1:8080/v1"`. Replies go through the same engine and queue as the page
+(they are batched with the page's replies); like OpenAI's API it is stateless: the client sends
+the whole conversation and nothing is stored. Errors are OpenAI's error objects, e.g.
+`{"error": {"message": ..., "type": "invalid_request_error", "param": "model", "code": ...}}`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from .chat import ChatService
+from .config import Config
+from .engine import Generation, Sampling, flatten_content
+from .errors import GenerationError
+
+CREATED = int(time.time())  # the model's "created" time: when this app started
+ROLES = {"system", "developer", "user", "assistant"}  # developer = OpenAI's newer name for system
+CACHE_KEY = "openai-api"  # one KV cache slot: a client's next turn reuses its previous prompt
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 code: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
+                          "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def _number(body: dict, key: str, low: float, high: float, default: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ApiError(400, f"Invalid '{key}': expected a number from {low:g} to {high:g}, got "
+                            f"{json.dumps(value)}.", param=key)
+    return float(value)
+
+
+def _messages(body: dict) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "Missing required parameter: 'messages' (a non-empty list).",
+                       param="messages", code="missing_required_parameter")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ApiError(400, f"Invalid 'messages[{i}]': expected an object with a role of "
+                                f"{', '.join(sorted(ROLES))}.", param=f"messages[{i}]")
+        content = m.get("content")
+        if not isinstance(content, (str, list)) and content is not None:
+            raise ApiError(400, f"Invalid 'messages[{i}].content': expected a string or a list of "
+                                "text parts.", param=f"messages[{i}].content")
+        role = "system" if m["role"] == "developer" else m["role"]
+        out.append({"role": role, "content": flatten_content(content)})
+    return out
+
+
+def _stops(body: dict) -> list[str]:
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop or []
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
+        raise ApiError(400, "Invalid 'stop': expected a string or a list of up to 4 strings.",
+                       param="stop")
+    return stops
+
+
+class _Request:
+    """A validated chat completion request."""
+
+    def __init__(self, body: Any, service: ChatService, model_id: str, config: Config):
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(400, "Missing required parameter: 'model'.", param="model",
+                           code="missing_required_parameter")
+        if model not in (model_id, config.model):
+            raise ApiError(404, f"The model `{model}` does not exist. This app serves "
+                                f"`{model_id}` (GET /v1/models).", param="model",
+                           code="model_not_found")
+        if body.get("n", 1) != 1:
+            raise ApiError(400, "Only n = 1 is supported.", param="n")
+        self.messages = _messages(body)
+        self.stops = _stops(body)
+        self.stream = bool(body.get("stream", False))
+        options = body.get("stream_options") or {}
+        self.include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+        budget = service.input_budget()
+        self.prompt_tokens = int(service.engine.prompt_ids(self.messages).shape[-1])
+        if self.prompt_tokens > budget:
+            raise ApiError(400, f"This model's maximum context length is {budget} tokens "
+                                f"(max_input_tokens). However, your messages resulted in "
+                                f"{self.prompt_tokens} tokens.", param="messages",
+                           code="context_length_exceeded")
+        room = max(1, service.engine.context_length - self.prompt_tokens)
+        key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        if body.get(key) is not None and not isinstance(body[key], int):
+            raise ApiError(400, f"Invalid '{key}': expected a whole number.", param=key)
+        self.sampling = Sampling(
+            temperature=_number(body, "temperature", 0, 2, config.temperature),
+            top_p=max(0.01, _number(body, "top_p", 0, 1, config.top_p)),
+            max_new_tokens=int(_number(body, key, 1, room, min(config.max_new_tokens, room))),
+            repetition_penalty=config.repetition_penalty)
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def router(service: ChatService, *, model_id: str, api_key: str, key_required: bool,
+           queue_size: int) -> APIRouter:
+    """The /v1 routes. `key_required`: refuse everything when no api_key is set (the app is
+    reachable from other computers)."""
+    api = APIRouter(prefix="/v1")
+
+    def check_key(request: Request) -> None:
+        if not api_key:
+            if key_required:
+                raise ApiError(401, "The API is off: this app listens beyond this computer, so "
+                                    "set api_key in config.yaml (or QWEN_CHAT_API_KEY).",
+                               code="invalid_api_key")
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {api_key}".encode()):
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    @api.get("/models")
+    async def models(request: Request) -> JSONResponse:
+        try:
+            check_key(request)
+        except ApiError as exc:
+            return exc.response()
+        return JSONResponse({"object": "list", "data": [
+            {"id": model_id, "object": "model", "created": CREATED, "owned_by": "qwen-chat"}]})
+
+    @api.post("/chat/completions")
+    async def completions(request: Request):
+        try:
+            check_key(request)
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                raise ApiError(400, "We could not parse the JSON body of your request.") from None
+            req = await run_in_threadpool(_Request, body, service, model_id,
+                                          service.settings.current())
+            if service.engine.waiting >= queue_size:
+                raise ApiError(503, "The app is busy (the queue is full). Please try again.",
+                               kind="server_error", code="busy")
+        except ApiError as exc:
+            return exc.response()
+        generation = service.engine.generate(req.messages, req.sampling, cache_key=CACHE_KEY)
+        ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+        if req.stream:
+            return StreamingResponse(_stream(generation, req, ident, created, model_id),
+                                     media_type="text/event-stream")
+        try:
+            text, stopped = await run_in_threadpool(_collect, generation, req.stops)
+        except GenerationError as exc:
+            return ApiError(500, str(exc), kind="server_error").response()
+        finally:
+            generation.cancel.set()
+        completion = generation.stats.new_tokens
+        return JSONResponse({
+            "id": ident, "object": "chat.completion", "created": created, "model": model_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": None,
+                         "finish_reason": "stop" if stopped else generation.finish_reason}],
+            "usage": {"prompt_tokens": req.prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": req.prompt_tokens + completion}})
+
+    return api
+
+
+def _collect(generation: Generation, stops: list[str]) -> tuple[str, bool]:
+    text = ""
+    for piece in generation:
+        text += piece
+        text, stopped = _cut_at_stop(text, stops)
+        if stopped:
+            generation.close()
+            return text, True
+    return text, False
+
+
+async def _stream(generation: Generation, req: _Request, ident: str, created: int,
+                  model_id: str) -> AsyncIterator[str]:
+    def event(data: dict) -> str:
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    def chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
+                                             "finish_reason": finish}]
+        data = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                "model": model_id, "choices": choices}
+        if req.include_usage:  # OpenAI: null in every chunk but the last, which has no choices
+            data["usage"] = usage
+        return event(data)
+
+    text, stopped = "", False
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        async for piece in iterate_in_threadpool(iter(generation)):
+            if not piece:
+                continue  # a heartbeat
+            sent = len(text)
+            text, stopped = _cut_at_stop(text + piece, req.stops)
+            if len(text) > sent:
+                yield chunk({"content": text[sent:]})
+            if stopped:
+                break
+        yield chunk({}, "stop" if stopped else generation.finish_reason)
+        if req.include_usage:
+            n = generation.stats.new_tokens
+            yield chunk(None, usage={"prompt_tokens": req.prompt_tokens, "completion_tokens": n,
+                                     "total_tokens": req.prompt_tokens + n})
+        yield "data: [DONE]\n\n"
+    except GenerationError as exc:
+        yield event(ApiError(500, str(exc), kind="server_error").body())
+    finally:
+        generation.cancel.set()  # the client went away, or a stop string: end the reply

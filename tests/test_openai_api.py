@@ -1,0 +1,104 @@
+"""The OpenAI-compatible API (/v1) of the real app, driven by the official `openai` package."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from tests.server import app_servers  # noqa: F401 - a fixture
+
+KEY = "sk-local-test-key"
+FRANCE = [{"role": "system", "content": "You are a helpful assistant."},
+          {"role": "user", "content": "What is the capital of France?"}]
+
+
+def client(server, key: str = "none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "v1", api_key=key, max_retries=0, timeout=120)
+
+
+def post(server, body: bytes, path: str = "v1/chat/completions") -> tuple[int, dict]:
+    request = urllib.request.Request(server.url + path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_real_question_streamed_and_not_with_usage(app_servers, gguf_path):
+    server = app_servers(model=gguf_path, extra_config={"temperature": 0.0})
+    api = client(server)
+    [model] = api.models.list().data
+    assert model.id == gguf_path.name and model.object == "model"
+
+    reply = api.chat.completions.create(model=model.id, messages=FRANCE, max_tokens=24,
+                                        temperature=0)
+    text = reply.choices[0].message.content
+    assert "Paris" in text and reply.choices[0].message.role == "assistant"
+    assert reply.object == "chat.completion" and reply.model == model.id
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    usage = reply.usage
+    assert usage.prompt_tokens > 10 and 0 < usage.completion_tokens <= 24
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+    chunks = list(api.chat.completions.create(model=model.id, messages=FRANCE, max_tokens=24,
+                                              temperature=0, stream=True,
+                                              stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text  # greedy: the same words, piece by piece
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == reply.choices[0].finish_reason and set(finishes[:-1]) == {None}
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == usage.completion_tokens
+    assert len({c.id for c in chunks}) == 1
+
+    # A stop string ends the reply before it: OpenAI's `stop`.
+    cut = api.chat.completions.create(model=model.id, messages=FRANCE, max_tokens=24,
+                                      temperature=0, stop=["Paris"])
+    assert cut.choices[0].message.content == text[:text.index("Paris")]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_errors_are_openai_error_objects(app_servers, tiny_dir):
+    server = app_servers(model=tiny_dir)
+    api = client(server)
+    with pytest.raises(openai.NotFoundError) as err:
+        api.chat.completions.create(model="gpt-4o", messages=FRANCE)
+    assert err.value.code == "model_not_found" and "tiny" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        api.chat.completions.create(model=tiny_dir.name, messages=[])
+    assert err.value.param == "messages"
+    with pytest.raises(openai.BadRequestError) as err:
+        api.chat.completions.create(model=tiny_dir.name, messages=FRANCE, temperature=7)
+    assert err.value.param == "temperature" and "0 to 2" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        api.chat.completions.create(model=tiny_dir.name,
+                                    messages=[{"role": "user", "content": "长" * 40_000}])
+    assert err.value.code == "context_length_exceeded"
+    status, body = post(server, b'{"model": "x", "messages": [')  # not JSON
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+    assert "JSON" in body["error"]["message"]
+    status, body = post(server, json.dumps({"messages": FRANCE}).encode())  # no model
+    assert status == 400 and body["error"]["param"] == "model"
+    status, body = post(server, json.dumps({"model": tiny_dir.name, "messages": [
+        {"role": "wizard", "content": "hi"}]}).encode())
+    assert status == 400 and body["error"]["param"] == "messages[0]"
+    # Nothing of the API is stored: it is stateless, like OpenAI's.
+    assert not server.db_path.exists() or "长" not in server.db_path.read_bytes().decode("utf-8", "ignore")
+
+
+def test_an_api_key_from_config_is_required_when_set(app_servers, tiny_dir):
+    server = app_servers(model=tiny_dir, extra_config={"api_key": KEY, "max_new_tokens": 8})
+    with pytest.raises(openai.AuthenticationError) as err:
+        client(server, "wrong-key").models.list()
+    assert err.value.code == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        client(server, "wrong-key").chat.completions.create(model=tiny_dir.name, messages=FRANCE)
+    reply = client(server, KEY).chat.completions.create(model=tiny_dir.name, messages=FRANCE)
+    assert reply.usage.completion_tokens <= 8
