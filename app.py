@@ -27,7 +27,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default=Path(os.environ.get("QWEN_CHAT_CONFIG", HERE / "config.yaml")),
                         help="settings file (written with defaults when missing)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    parser.add_argument("--backup", nargs="?", const="", metavar="FILE", type=str,
+                        help="copy every conversation into FILE (default: a dated file in "
+                             "data_dir/backups), safe while the app runs, then exit")
     return parser.parse_args(argv)
+
+
+def run_backup(config, target: str) -> int:
+    """`--backup`: a consistent copy of the database (VACUUM INTO), even while the app runs."""
+    from qwen_chat.transfer import backup
+
+    db_path = config.data_path / "chat.db"
+    if not db_path.is_file():
+        return fail(f"There is nothing to back up yet: {db_path} does not exist.")
+    path = Path(target) if target else (
+        config.data_path / "backups" / time.strftime("chat-%Y%m%d-%H%M%S.db"))
+    try:
+        backup(db_path, path)
+    except Exception as exc:  # noqa: BLE001 - a disk or SQLite error, said in one line
+        return fail(f"Backup failed: {exc}")
+    print(f"Backed up every conversation to {path.resolve()}", flush=True)
+    return 0
 
 
 def browser_secret(data_dir: Path) -> str:
@@ -78,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return fail(str(exc), 2)
+    if args.backup is not None:
+        return run_backup(config, args.backup)
     if not config.local_only and config.credentials is None:
         return fail(f"host: {config.host} lets other computers reach this app, so it needs a "
                     "sign-in: set username and password in config.yaml (or the environment "

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from . import i18n
+from . import i18n, transfer
 from .config import ConfigWatcher
 from .engine import Engine, Generation, Sampling, Stats
 from .errors import GenerationError, MessageTooLong, NotFound
@@ -112,6 +112,21 @@ class ChatService:
     def delete(self, owner: str, conversation_id: str) -> None:
         self.store.delete_conversation(owner, conversation_id)
         self.engine.forget(conversation_id)
+
+    def export(self, owner: str, conversation_id: str, kind: str) -> tuple[str, str]:
+        """(file name, text) of a conversation as Markdown ("md") or JSON ("json")."""
+        conversation = self.store.get_conversation(owner, conversation_id)
+        messages = [m for m in self.store.messages(owner, conversation_id)
+                    if m.role != "assistant" or m.content or m.status == COMPLETE]
+        render = transfer.to_markdown if kind == "md" else transfer.to_json
+        return transfer.file_name(conversation, f".{kind}"), render(conversation, messages)
+
+    def import_export(self, owner: str, raw: bytes) -> Conversation:
+        """A JSON export (`raw` bytes) as a new conversation of `owner`; ImportRefused if not."""
+        title, messages = transfer.parse_export(raw)
+        title = title_from(title) or title_from(next(
+            (m["content"] for m in messages if m["role"] == "user"), "")) or "…"
+        return self.store.import_conversation(owner, title, messages)
 
     # Replies --------------------------------------------------------------------------------
     def send(self, owner: str, conversation_id: str | None, text: str, *,

@@ -34,6 +34,12 @@ EN = {
                 "or split it into several messages. Your text is still in the box.",
     "dropped": "This conversation is longer than the model can read ({budget:,} tokens): its "
                "earliest messages are no longer seen. Start a new chat for a fresh topic.",
+    "export_md": "Export .md",
+    "export_json": "Export .json",
+    "import_json": "Import .json",
+    "export_file": "Exported file",
+    "nothing_to_export": "Open a conversation to export it.",
+    "import_refused": "Could not import this file: {reason}.",
 }
 
 ZH = {
@@ -65,6 +71,12 @@ ZH = {
     "too_long": "消息太长：模型最多读取 {budget:,} 个 token。请缩短或分成几条发送。文字仍保留在输入框中。",
     "dropped": "对话已超过模型可读取的长度（{budget:,} 个 token）：最早的消息将不再被模型看到。"
                "换个话题请开始新对话。",
+    "export_md": "导出 .md",
+    "export_json": "导出 .json",
+    "import_json": "导入 .json",
+    "export_file": "导出的文件",
+    "nothing_to_export": "请先打开一个对话再导出。",
+    "import_refused": "无法导入此文件：{reason}。",
 }
 
 # gr.I18n locales: browsers report zh-CN, zh-TW, ... and gradio also falls back to "zh".

@@ -14,7 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import sqlite_utils
@@ -189,6 +189,18 @@ class Store:
             return
         with self._lock, contextlib.suppress(NotFoundError):  # its conversation was deleted
             self.db.table("messages").update(message_id, changes)
+
+    def import_conversation(self, owner: str, title: str, messages: list[dict]) -> Conversation:
+        """A new conversation holding `messages` ({role, content, status}), in one transaction."""
+        now = time.time()
+        conversation = Conversation(id=secrets.token_hex(16), owner=owner, title=title,
+                                    created_at=now, updated_at=now)
+        rows = [dict(conversation_id=conversation.id, role=m["role"], content=m["content"],
+                     status=m["status"], created_at=now, updated_at=now) for m in messages]
+        with self._lock, self.db.atomic():
+            self.db.table("conversations").insert(asdict(conversation))
+            self.db.table("messages").insert_all(rows)
+        return conversation
 
     def delete_message(self, message_id: int) -> None:
         with self._lock:

@@ -10,6 +10,8 @@ import contextlib
 import logging
 import re
 import secrets
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 
@@ -17,6 +19,7 @@ from . import i18n
 from .chat import ChatService, ReplyUpdate
 from .errors import MessageTooLong, NotFound
 from .store import COMPLETE, STREAMING, Message
+from .transfer import ImportRefused
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +201,35 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                 service.delete(owner, current)
         return None, [], gr.update(choices=choices(owner), value=None), gr.update(visible=False)
 
+    def export(owner, current, kind: str, request: gr.Request):
+        """Write the open conversation to a file the page offers for download."""
+        if not current:
+            gr.Warning(i18n.text(lang_of(request), "nothing_to_export"))
+            return gr.update(value=None, visible=False)
+        try:
+            name, text = service.export(owner, current, kind)
+        except NotFound:
+            return gr.update(value=None, visible=False)
+        path = Path(tempfile.mkdtemp(prefix="qwen-chat-export-")) / name
+        path.write_text(text, encoding="utf-8")
+        return gr.update(value=str(path), visible=True)
+
+    def exporter(kind: str):
+        def export_as(owner_id, current_id, request: gr.Request):
+            return export(owner_id, current_id, kind, request)
+        return export_as
+
+    def import_file(owner, upload, request: gr.Request):
+        """Add an uploaded JSON export as a new conversation and open it."""
+        lang = lang_of(request)
+        try:
+            conversation = service.import_export(owner, Path(upload).read_bytes())
+        except (ImportRefused, OSError) as exc:
+            gr.Warning(i18n.text(lang, "import_refused", reason=exc))
+            return gr.skip(), gr.skip(), gr.skip()
+        return (conversation.id, chat_of(owner, conversation.id, lang),
+                gr.update(choices=choices(owner), value=conversation.id))
+
     with gr.Blocks(title="Qwen Chat", analytics_enabled=False) as demo:
         owner = gr.BrowserState(None, storage_key="qwen_chat_owner", secret=secret)
         current = gr.State(None)
@@ -217,6 +249,13 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                     yes_btn = gr.Button(t("yes_delete"), size="sm", variant="stop",
                                         elem_id="confirm-delete")
                     no_btn = gr.Button(t("cancel"), size="sm")
+            with gr.Row():
+                export_md = gr.Button(t("export_md"), size="sm", elem_id="export-md")
+                export_json = gr.Button(t("export_json"), size="sm", elem_id="export-json")
+            exported = gr.File(label=t("export_file"), visible=False, interactive=False,
+                               elem_id="exported")
+            import_btn = gr.UploadButton(t("import_json"), size="sm", file_types=[".json"],
+                                         type="filepath", elem_id="import")
         gr.Markdown(t("title"), elem_id="title")
         gr.Markdown(t("subtitle"), elem_id="subtitle")
         chatbot = gr.Chatbot(elem_id="chatbot", height=520, latex_delimiters=LATEX,
@@ -267,6 +306,10 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         no_btn.click(lambda: gr.update(visible=False), outputs=[confirm_box], **private)
         yes_btn.click(delete, [owner, current], [current, chatbot, conversations, confirm_box],
                       cancels=streams, **private)
+        for button, kind in ((export_md, "md"), (export_json, "json")):
+            button.click(exporter(kind), [owner, current], [exported], **private)
+        import_btn.upload(import_file, [owner, import_btn], [current, chatbot, conversations],
+                          cancels=streams, **private)
     return demo
 
 

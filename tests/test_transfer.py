@@ -1,0 +1,145 @@
+"""Export (Markdown, JSON), import and backup, on real SQLite files, the real app and a browser."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from qwen_chat.chat import ChatService
+from qwen_chat.config import ConfigWatcher, load_config
+from qwen_chat.engine import Engine
+from qwen_chat.store import Store
+from qwen_chat.transfer import ImportRefused
+from tests.server import REPO, app_env, app_servers  # noqa: F401 - app_servers is a fixture
+from tests.test_browser import browser, finished_replies, open_app, send  # noqa: F401
+
+OWNER = "o" * 32
+TEXT = "第一个问题: <b>bold?</b> 👋\n| a | b |"
+
+
+@pytest.fixture
+def service(tmp_path, tiny_model):
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text("max_new_tokens: 12\ntemperature: 0\n", encoding="utf-8")
+    store = Store(tmp_path / "chat.db")
+    yield ChatService(store, Engine(*tiny_model), ConfigWatcher(config_path, load_config(config_path)))
+    store.close()
+
+
+def test_export_then_import_gives_the_same_conversation(service):
+    final = list(service.send(OWNER, None, TEXT))[-1]
+    cid = final.conversation.id
+    name, markdown = service.export(OWNER, cid, "md")
+    assert name.endswith(".md") and "/" not in name
+    assert markdown.startswith(f"# {final.conversation.title}") and TEXT in markdown
+    assert "**You**:" in markdown and "**Qwen**:" in markdown and final.text in markdown
+    name, text = service.export(OWNER, cid, "json")
+    data = json.loads(text)
+    assert data["format"] == "qwen-chat" and [m["content"] for m in data["messages"]] == [TEXT, final.text]
+
+    imported = service.import_export(OWNER, text.encode())
+    assert imported.id != cid and imported.title == final.conversation.title
+    pairs = lambda c: [(m.role, m.content, m.status) for m in service.messages(OWNER, c)]  # noqa: E731
+    assert pairs(imported.id) == pairs(cid)
+    assert [c.id for c in service.conversations(OWNER)][0] == imported.id
+    # Only its owner sees it, and it can be continued like any other conversation.
+    assert service.conversations("x" * 32) == []
+    assert list(service.send(OWNER, imported.id, "and then?"))[-1].status == "complete"
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"not json", "not JSON"),
+    (b'{"messages": []}', "not a Qwen Chat export"),
+    (b'{"format": "qwen-chat", "messages": []}', "list of 1 to"),
+    (b'{"format": "qwen-chat", "messages": [{"role": "wizard", "content": "x"}]}', "message 1"),
+    (b'{"format": "qwen-chat", "messages": [{"role": "user", "content": 5}]}', "message 1"),
+])
+def test_a_file_that_is_not_an_export_is_refused_and_nothing_is_stored(service, raw, reason):
+    with pytest.raises(ImportRefused, match=reason):
+        service.import_export(OWNER, raw)
+    assert service.conversations(OWNER) == []
+
+
+def test_backup_while_the_database_is_being_written(tmp_path):
+    store = Store(tmp_path / "data" / "chat.db")
+    conversation = store.create_conversation(OWNER, "busy")
+    done = threading.Event()
+
+    def write():
+        n = 0
+        while not done.is_set():
+            store.add_message(conversation.id, "user", f"message {n}")
+            n += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        (tmp_path / "config.yaml").write_text("data_dir: data\n", encoding="utf-8")
+        result = subprocess.run([sys.executable, "app.py", "--config", str(tmp_path / "config.yaml"),
+                                 "--backup"], cwd=REPO, env=app_env(), capture_output=True,
+                                text=True, timeout=120)
+    finally:
+        done.set()
+        writer.join()
+    assert result.returncode == 0, result.stderr
+    [backup] = (tmp_path / "data" / "backups").glob("chat-*.db")
+    assert str(backup) in result.stdout
+    conn = sqlite3.connect(backup)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        copied = [r[0] for r in conn.execute("SELECT content FROM messages ORDER BY id")]
+    finally:
+        conn.close()
+    # A consistent snapshot: the first messages, in order, with no gap.
+    assert copied and copied == [f"message {i}" for i in range(len(copied))]
+    store.close()
+    # A second backup to the same file is refused in one line; nothing is overwritten.
+    again = subprocess.run([sys.executable, "app.py", "--config", str(tmp_path / "config.yaml"),
+                            "--backup", str(backup)], cwd=REPO, env=app_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_export_and_import_in_the_browser(browser, app_servers, tiny_dir, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)
+    server = app_servers(model=tiny_dir, extra_config={"max_new_tokens": 8})
+    page = open_app(browser.new_context(accept_downloads=True), server.url)
+    send(page, "export me, 导出我")
+    [reply] = [r["content"] for r in finished_replies(server.db_path, 1)]
+
+    page.locator("#export-json").click()
+    link = page.locator("#exported a").first
+    expect(link).to_be_visible()
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    data = json.loads(saved.read_text(encoding="utf-8"))
+    assert [m["content"] for m in data["messages"]][0] == "export me, 导出我"
+    assert data["messages"][1]["content"] == reply
+
+    with page.expect_file_chooser() as chooser:
+        page.locator("#import").click()
+    chooser.value.set_files(str(saved))
+    expect(page.locator("#conversations label")).to_have_count(2)
+    expect(page.locator('#chatbot [data-testid="user"]')).to_have_text("export me, 导出我")
+    expect(page.locator("#conversations input:checked")).to_have_count(1)
+
+    page.locator("#export-md").click()  # the open (imported) conversation, as Markdown
+    link = page.locator('#exported a[download$=".md"]').first
+    expect(link).to_be_visible()
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    markdown = saved.read_text(encoding="utf-8")
+    assert "**You**:\n\nexport me, 导出我" in markdown and reply in markdown
