@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     store = Store(data_dir / "chat.db")
     try:
-        engine = Engine(model, tokenizer, name=config.model, kv_cache_mb=config.kv_cache_mb,
+        engine = Engine(model, tokenizer, name=config.model_id, kv_cache_mb=config.kv_cache_mb,
                         max_batch=config.max_batch)
         service = ChatService(store, engine,
                               ConfigWatcher(args.config, config))

@@ -13,6 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import psutil
+import torch
+
 from . import i18n, transfer
 from .config import ConfigWatcher
 from .engine import Engine, Generation, Sampling, Stats
@@ -61,6 +64,7 @@ class ChatService:
         self._active_lock = threading.Lock()
         self._warmed: str | None = None  # the system prompt whose prefix the engine has cached
         self._running: set[Generation] = set()  # every reply being generated, any front end
+        self.last_stats: Stats | None = None  # of the last reply that produced a token
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop every reply being generated (each is saved as stopped by its stream, or marked
@@ -112,6 +116,18 @@ class ChatService:
     def delete(self, owner: str, conversation_id: str) -> None:
         self.store.delete_conversation(owner, conversation_id)
         self.engine.forget(conversation_id)
+
+    def system(self) -> dict:
+        """What runs, for the page's System panel: model, precision, threads, batch, memory,
+        and the last reply's speed (any browser's: it is the machine's speed)."""
+        last = self.last_stats
+        return {"model": self.engine.name or "?",
+                "precision": getattr(self.engine.model, "precision", str(self.engine.model.dtype)),
+                "threads": torch.get_num_threads(), "max_batch": self.engine.max_batch,
+                "memory_mb": psutil.Process().memory_info().rss / 2**20,
+                "kv_cache_mb": self.engine.kv.nbytes / 2**20,
+                "ttft": last.ttft if last else None,
+                "tokens_per_s": last.tokens_per_s if last else None}
 
     def export(self, owner: str, conversation_id: str, kind: str) -> tuple[str, str]:
         """(file name, text) of a conversation as Markdown ("md") or JSON ("json")."""
@@ -294,6 +310,8 @@ class ChatService:
                     self._running.discard(generation)
                     if self._active.get(session, (None,))[0] is generation:
                         del self._active[session]
+            if stats.ttft is not None:
+                self.last_stats = stats
             if status == STREAMING:  # an unexpected exception is on its way up
                 status, error = ERROR, "unexpected error, see the terminal"
             self.store.update_message(

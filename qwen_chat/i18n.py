@@ -40,6 +40,13 @@ EN = {
     "export_file": "Exported file",
     "nothing_to_export": "Open a conversation to export it.",
     "import_refused": "Could not import this file: {reason}.",
+    "system": "System",
+    "system_table": "**Model** {model}  \n**Precision** {precision}  \n"
+                    "**CPU threads** {threads}  \n**Replies generated together** {max_batch}  \n"
+                    "**Memory in use** {memory_mb:,.0f} MB (KV cache {kv_cache_mb:,.0f} MB)  \n"
+                    "**Last reply** {last}",
+    "last_reply": "first token {ttft:.2f} s · {tps:.1f} tokens/s",
+    "none_yet": "none yet",
 }
 
 ZH = {
@@ -77,6 +84,13 @@ ZH = {
     "export_file": "导出的文件",
     "nothing_to_export": "请先打开一个对话再导出。",
     "import_refused": "无法导入此文件：{reason}。",
+    "system": "系统",
+    "system_table": "**模型** {model}  \n**精度** {precision}  \n"
+                    "**CPU 线程** {threads}  \n**同时生成的回复数** {max_batch}  \n"
+                    "**内存占用** {memory_mb:,.0f} MB（KV 缓存 {kv_cache_mb:,.0f} MB）  \n"
+                    "**上一条回复** {last}",
+    "last_reply": "首字 {ttft:.2f} 秒 · {tps:.1f} token/秒",
+    "none_yet": "暂无",
 }
 
 # gr.I18n locales: browsers report zh-CN, zh-TW, ... and gradio also falls back to "zh".

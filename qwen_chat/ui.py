@@ -214,6 +214,12 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         path.write_text(text, encoding="utf-8")
         return gr.update(value=str(path), visible=True)
 
+    def system_text(request: gr.Request) -> str:
+        lang, info = lang_of(request), service.system()
+        last = (i18n.text(lang, "last_reply", ttft=info["ttft"], tps=info["tokens_per_s"] or 0.0)
+                if info["ttft"] is not None else i18n.text(lang, "none_yet"))
+        return i18n.text(lang, "system_table", **{**info, "last": last})
+
     def exporter(kind: str):
         def export_as(owner_id, current_id, request: gr.Request):
             return export(owner_id, current_id, kind, request)
@@ -256,6 +262,8 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                                elem_id="exported")
             import_btn = gr.UploadButton(t("import_json"), size="sm", file_types=[".json"],
                                          type="filepath", elem_id="import")
+            with gr.Accordion(t("system"), open=False, elem_id="system-panel") as system_panel:
+                system_box = gr.Markdown("", elem_id="system")
         gr.Markdown(t("title"), elem_id="title")
         gr.Markdown(t("subtitle"), elem_id="subtitle")
         chatbot = gr.Chatbot(elem_id="chatbot", height=520, latex_delimiters=LATEX,
@@ -308,6 +316,10 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                       cancels=streams, **private)
         for button, kind in ((export_md, "md"), (export_json, "json")):
             button.click(exporter(kind), [owner, current], [exported], **private)
+        # The System panel: filled when opened and after every reply.
+        system_panel.expand(system_text, outputs=[system_box], **private)
+        for event in streams:
+            event.then(system_text, outputs=[system_box], **private)
         import_btn.upload(import_file, [owner, import_btn], [current, chatbot, conversations],
                           cancels=streams, **private)
     return demo

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from qwen_chat.engine import Engine
 from qwen_chat.store import Store
 from qwen_chat.transfer import ImportRefused
 from tests.server import REPO, app_env, app_servers  # noqa: F401 - app_servers is a fixture
-from tests.test_browser import browser, finished_replies, open_app, send  # noqa: F401
+from tests.test_browser import SHOTS, browser, finished_replies, open_app, send  # noqa: F401
 
 OWNER = "o" * 32
 TEXT = "第一个问题: <b>bold?</b> 👋\n| a | b |"
@@ -107,14 +108,25 @@ def test_backup_while_the_database_is_being_written(tmp_path):
     assert "Traceback" not in again.stderr
 
 
-def test_export_and_import_in_the_browser(browser, app_servers, tiny_dir, tmp_path):  # noqa: F811
+def test_export_import_and_the_system_panel_in_the_browser(browser, app_servers, tiny_dir, tmp_path):  # noqa: F811
     from playwright.sync_api import expect
 
     expect.set_options(timeout=60_000)
     server = app_servers(model=tiny_dir, extra_config={"max_new_tokens": 8})
     page = open_app(browser.new_context(accept_downloads=True), server.url)
     send(page, "export me, 导出我")
-    [reply] = [r["content"] for r in finished_replies(server.db_path, 1)]
+    [row] = finished_replies(server.db_path, 1)
+    reply = row["content"]
+
+    # The System panel (opened by the user) shows what runs and the last reply's speed.
+    page.locator("#system-panel button").first.click()
+    panel = page.locator("#system")
+    expect(panel).to_contain_text(tiny_dir.name)
+    expect(panel).to_contain_text("CPU threads")
+    expect(panel).to_contain_text(re.compile(r"Memory in use [\d,]+ MB"))
+    expect(panel).to_contain_text(f"first token {row['ttft']:.2f} s")
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SHOTS / "browser-system-panel.png")
 
     page.locator("#export-json").click()
     link = page.locator("#exported a").first
