@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default=Path(os.environ.get("QWEN_CHAT_CONFIG", HERE / "config.yaml")),
                         help="settings file (written with defaults when missing)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    parser.add_argument("--cli", action="store_true",
+                        help="chat in this terminal instead of the web page (same conversations)")
     parser.add_argument("--backup", nargs="?", const="", metavar="FILE", type=str,
                         help="copy every conversation into FILE (default: a dated file in "
                              "data_dir/backups), safe while the app runs, then exit")
@@ -100,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), 2)
     if args.backup is not None:
         return run_backup(config, args.backup)
-    if not config.local_only and config.credentials is None:
+    if not args.cli and not config.local_only and config.credentials is None:
         return fail(f"host: {config.host} lets other computers reach this app, so it needs a "
                     "sign-in: set username and password in config.yaml (or the environment "
                     "variables QWEN_CHAT_USERNAME and QWEN_CHAT_PASSWORD), or set host: 127.0.0.1.", 2)
-    problem = check_port(config.host, config.port)
+    problem = None if args.cli else check_port(config.host, config.port)
     if problem:
         return fail(problem)
 
@@ -151,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         service = ChatService(store, engine,
                               ConfigWatcher(args.config, config))
         service.warm()  # pre-fills the system prompt in the background while the page starts
+        if args.cli:
+            from qwen_chat.cli import TerminalChat, cli_owner
+
+            code = TerminalChat(service, cli_owner(service, data_dir)).run()
+            service.shutdown()
+            return code
         demo = build_ui(service, secret=browser_secret(data_dir))
         with demo:
             add_api(service, concurrency_id=GENERATE)
