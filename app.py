@@ -132,24 +132,31 @@ def main(argv: list[str] | None = None) -> int:
     from qwen_chat.ui import GENERATE, build_ui, launch_options
     from qwen_chat.web import serve
 
-    # One pool of compute threads, one per physical core; no second (inter-op) pool competing.
-    torch.set_num_threads(config.thread_count)
-    with contextlib.suppress(RuntimeError):  # only settable before any parallel work started
-        torch.set_num_interop_threads(1)
-    started = time.perf_counter()
-    print(f"Loading {config.model} ...", flush=True)
-    try:
-        model, tokenizer = loader.load(config.model_source, cache_dir=cache_dir,
-                                       precision=config.precision)
-    except ModelLoadError as exc:
-        return fail(str(exc))
-    print(f"Model ready in {time.perf_counter() - started:.1f} s "
-          f"({model.precision}, {config.thread_count} threads).", flush=True)
+    if config.engine == "openai":
+        from qwen_chat.remote import RemoteEngine
+
+        engine = RemoteEngine(config.base_url, config.model, api_key=config.api_key,
+                              max_batch=config.max_batch)
+        print(f"Replies come from {config.base_url} (model {config.model}).", flush=True)
+    else:
+        # One pool of compute threads, one per physical core; no second (inter-op) pool.
+        torch.set_num_threads(config.thread_count)
+        with contextlib.suppress(RuntimeError):  # only settable before any parallel work started
+            torch.set_num_interop_threads(1)
+        started = time.perf_counter()
+        print(f"Loading {config.model} ...", flush=True)
+        try:
+            model, tokenizer = loader.load(config.model_source, cache_dir=cache_dir,
+                                           precision=config.precision)
+        except ModelLoadError as exc:
+            return fail(str(exc))
+        print(f"Model ready in {time.perf_counter() - started:.1f} s "
+              f"({model.precision}, {config.thread_count} threads).", flush=True)
+        engine = Engine(model, tokenizer, name=config.model_id, kv_cache_mb=config.kv_cache_mb,
+                        max_batch=config.max_batch)
 
     store = Store(data_dir / "chat.db")
     try:
-        engine = Engine(model, tokenizer, name=config.model_id, kv_cache_mb=config.kv_cache_mb,
-                        max_batch=config.max_batch)
         service = ChatService(store, engine,
                               ConfigWatcher(args.config, config))
         service.warm()  # pre-fills the system prompt in the background while the page starts

@@ -18,7 +18,7 @@ import torch
 
 from . import i18n, transfer
 from .config import ConfigWatcher
-from .engine import Engine, Generation, Sampling, Stats
+from .engine import Engine, Reply, Sampling, Stats
 from .errors import GenerationError, MessageTooLong, NotFound
 from .store import COMPLETE, ERROR, STOPPED, STREAMING, Conversation, Message, Store
 
@@ -60,10 +60,10 @@ class ChatService:
     def __init__(self, store: Store, engine: Engine, settings: ConfigWatcher):
         self.store, self.engine, self.settings = store, engine, settings
         # session -> (its reply being generated, that reply's conversation id)
-        self._active: dict[str, tuple[Generation, str]] = {}
+        self._active: dict[str, tuple[Reply, str]] = {}
         self._active_lock = threading.Lock()
         self._warmed: str | None = None  # the system prompt whose prefix the engine has cached
-        self._running: set[Generation] = set()  # every reply being generated, any front end
+        self._running: set[Reply] = set()  # every reply being generated, any front end
         self.last_stats: Stats | None = None  # of the last reply that produced a token
 
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -122,7 +122,7 @@ class ChatService:
         and the last reply's speed (any browser's: it is the machine's speed)."""
         last = self.last_stats
         return {"model": self.engine.name or "?",
-                "precision": getattr(self.engine.model, "precision", str(self.engine.model.dtype)),
+                "precision": self.engine.precision,
                 "threads": torch.get_num_threads(), "max_batch": self.engine.max_batch,
                 "memory_mb": psutil.Process().memory_info().rss / 2**20,
                 "kv_cache_mb": self.engine.kv.nbytes / 2**20,
@@ -188,7 +188,7 @@ class ChatService:
                 f"This message is too long ({len(text):,} characters): the model reads at most "
                 f"{budget:,} tokens. Shorten it or split it (max_input_tokens in config.yaml).")
         system = [{"role": "system", "content": config.system_prompt}] if config.system_prompt.strip() else []
-        needed = int(self.engine.prompt_ids([*system, {"role": "user", "content": text}]).shape[-1])
+        needed = self.engine.count_tokens([*system, {"role": "user", "content": text}])
         if needed > budget:
             raise MessageTooLong(
                 f"This message is too long ({needed:,} tokens with the system prompt): the model "
@@ -208,7 +208,7 @@ class ChatService:
 
         def size(k: int) -> int:
             if k not in sizes:
-                sizes[k] = int(self.engine.prompt_ids([*system, *history[k:]]).shape[-1])
+                sizes[k] = self.engine.count_tokens([*system, *history[k:]])
             return sizes[k]
 
         dropped = max(0, min(already_dropped, len(history) - 1))

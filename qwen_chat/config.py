@@ -24,8 +24,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")  # see precision.py
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 # Keys read only at start-up: changing them in a running app needs a restart.
-RESTART_KEYS = ("model", "host", "port", "username", "password", "api_key", "queue_size",
-                "max_batch", "data_dir", "threads", "kv_cache_mb", "precision")
+RESTART_KEYS = ("model", "engine", "base_url", "api_key", "host", "port", "username", "password",
+                "server_api_key", "queue_size", "max_batch", "data_dir", "threads", "kv_cache_mb",
+                "precision")
 
 DEFAULT_CONFIG_TEXT = f"""\
 # Qwen Chat settings. Save this file: sampling and history settings apply to the next message.
@@ -35,6 +36,15 @@ DEFAULT_CONFIG_TEXT = f"""\
 # Model: a Hugging Face Hub id, a local folder, or a .gguf file. (restart)
 # 模型：Hugging Face Hub 名称、本地文件夹或 .gguf 文件路径。（需重启）
 model: {DEFAULT_MODEL}
+
+# Engine: local (this computer's CPU) or openai (any OpenAI-compatible server: vLLM, llama.cpp
+# server, Ollama, another Qwen Chat). For openai, set base_url (and api_key if the server needs
+# one); model is then the server's model name. (restart)
+# 推理引擎：local（本机 CPU）或 openai（任何 OpenAI 兼容服务，如 vLLM、llama.cpp、Ollama）。
+# 选 openai 时请设置 base_url（需要时设置 api_key），model 为该服务上的模型名。（需重启）
+engine: local
+base_url: ""
+api_key: ""
 
 # Randomness of replies, 0 to 2 (0 = always the most likely word).
 # 回复的随机程度，0 到 2（0 = 总是选最可能的词）。
@@ -74,10 +84,11 @@ host: 127.0.0.1
 username: ""
 password: ""
 
-# Key for the OpenAI-compatible API (/v1), sent as "Authorization: Bearer <key>"; "" = none.
-# Required to use /v1 when host is not this computer only. QWEN_CHAT_API_KEY overrides it. (restart)
-# OpenAI 兼容 API（/v1）的密钥；"" = 不需要。host 不是仅本机时必须设置。QWEN_CHAT_API_KEY 优先。（需重启）
-api_key: ""
+# Key that clients of this app's OpenAI-compatible API (/v1) must send as
+# "Authorization: Bearer <key>"; "" = none. Required to use /v1 when host is not this computer
+# only. QWEN_CHAT_API_KEY overrides it. (restart)
+# 本应用 OpenAI 兼容 API（/v1）的密钥；"" = 不需要。host 不是仅本机时必须设置。QWEN_CHAT_API_KEY 优先。（需重启）
+server_api_key: ""
 
 # Most messages waiting for the model at once; beyond it a sender is asked to try again. (restart)
 # 同时排队等待模型的消息上限；超出时提示稍后再试。（需重启）
@@ -117,6 +128,9 @@ precision: auto
 @dataclass(frozen=True)
 class Config:
     model: str = DEFAULT_MODEL
+    engine: str = "local"
+    base_url: str = ""
+    api_key: str = ""
     temperature: float = 0.7
     top_p: float = 0.8
     max_new_tokens: int = 512
@@ -128,7 +142,7 @@ class Config:
     port: int = 8080
     username: str = ""
     password: str = ""
-    api_key: str = ""
+    server_api_key: str = ""
     queue_size: int = 32
     max_batch: int = 4
     open_browser: bool = True
@@ -156,7 +170,7 @@ class Config:
     @property
     def openai_key(self) -> str:
         """The /v1 API key, environment first ("" = none)."""
-        return os.environ.get("QWEN_CHAT_API_KEY") or self.api_key
+        return os.environ.get("QWEN_CHAT_API_KEY") or self.server_api_key
 
     @property
     def model_id(self) -> str:
@@ -209,6 +223,10 @@ def _in(lo: float, hi: float):
 
 _RULES: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "model": ((str,), "a Hub id, a local folder or a .gguf file", lambda v: bool(v.strip())),
+    "engine": ((str,), "local or openai", lambda v: v in ("local", "openai")),
+    "base_url": ((str,), "an address such as http://127.0.0.1:8000/v1, or \"\"",
+                 lambda v: v == "" or v.startswith(("http://", "https://"))),
+    "api_key": ((str,), "the remote server's key in quotes, or \"\" for none", None),
     "temperature": ((int, float), "a number from 0 to 2", _in(0, 2)),
     "top_p": ((int, float), "a number from 0.01 to 1", _in(0.01, 1)),
     "max_new_tokens": ((int,), "a whole number from 1 to 8192", _in(1, 8192)),
@@ -221,8 +239,8 @@ _RULES: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "username": ((str,), "a name, or \"\" for none", None),
     "password": ((str,), "a password of at least 8 characters in quotes, or \"\" for none",
                  lambda v: v == "" or len(v) >= 8),
-    "api_key": ((str,), "a key of at least 8 characters in quotes, or \"\" for none",
-                lambda v: v == "" or len(v) >= 8),
+    "server_api_key": ((str,), "a key of at least 8 characters in quotes, or \"\" for none",
+                       lambda v: v == "" or len(v) >= 8),
     "queue_size": ((int,), "a whole number from 1 to 1000", _in(1, 1000)),
     "max_batch": ((int,), "a whole number from 1 to 16", _in(1, 16)),
     "open_browser": ((bool,), "true or false", None),
@@ -271,6 +289,9 @@ def parse_config(text: str, *, source: str = "config.yaml", base_dir: Path = Pat
             raise ConfigError(f"{source}: unknown key '{key}'.{hint} "
                               f"Allowed keys: {', '.join(_RULES)}.")
         values[key] = _check(key, value, source)
+    if values.get("engine") == "openai" and not values.get("base_url"):
+        raise ConfigError(f"{source}: engine = openai needs base_url, the server's address "
+                          "(e.g. base_url: http://127.0.0.1:8000/v1).")
     return Config(**values, base_dir=base_dir)
 
 

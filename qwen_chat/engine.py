@@ -78,13 +78,54 @@ def flatten_content(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-class Generation:
-    """One reply being generated. Iterate for text pieces ("" while waiting); close() cancels."""
+class Reply:
+    """A reply being produced somewhere (this engine, or a remote server). Iterate for text
+    pieces ("" while waiting); `cancel` or close() ends it; `stats` fill in as it streams."""
+
+    finish_reason = "stop"  # or "length": cut at max_new_tokens
+
+    def __init__(self, prompt_tokens: int):
+        self.cancel = threading.Event()
+        self.stats = Stats(prompt_tokens=prompt_tokens)
+        self._pieces: queue.Queue[str | None] = queue.Queue()
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def _end(self, error: BaseException | None = None) -> None:
+        self._error = error
+        self._done.set()
+        self._pieces.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            try:
+                text = self._pieces.get(timeout=POLL_INTERVAL)
+            except queue.Empty:
+                yield ""  # heartbeat: still prefilling or waiting for the engine
+                continue
+            if text is None:
+                break
+            yield text
+        if self._error is not None:
+            raise GenerationError(f"Generation failed: {type(self._error).__name__}: "
+                                  f"{self._error}") from self._error
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop generating and wait (bounded) until the reply has been let go."""
+        self.cancel.set()
+        self._done.wait(timeout)
+
+
+class Generation(Reply):
+    """One reply of this engine."""
 
     def __init__(self, engine: "Engine", input_ids: torch.Tensor, sampling: Sampling,
                  cache_key: str | None = None):
-        self.cancel = threading.Event()
-        self.stats = Stats(prompt_tokens=int(input_ids.shape[-1]))
+        super().__init__(int(input_ids.shape[-1]))
         self.input_ids = input_ids[0]
         self.sampling, self.cache_key = sampling, cache_key
         self.cache: DynamicCache | None = None  # this reply's keys/values while it is not batched
@@ -94,9 +135,6 @@ class Generation:
         self._started = time.perf_counter()
         self._first_at: float | None = None
         self._text = ""  # decoded text handed out so far
-        self._pieces: queue.Queue[str | None] = queue.Queue()
-        self._done = threading.Event()
-        self._error: BaseException | None = None
         engine.submit(self)
 
     @property
@@ -129,38 +167,13 @@ class Generation:
             return
         if self.tokens:
             self._emit(final=True)
-        self._error = error
-        self._done.set()
-        self._pieces.put(None)
-
-    def __iter__(self) -> Iterator[str]:
-        while True:
-            try:
-                text = self._pieces.get(timeout=POLL_INTERVAL)
-            except queue.Empty:
-                yield ""  # heartbeat: still prefilling or waiting for the engine
-                continue
-            if text is None:
-                break
-            yield text
-        if self._error is not None:
-            raise GenerationError(f"Generation failed: {type(self._error).__name__}: "
-                                  f"{self._error}") from self._error
-
-    @property
-    def running(self) -> bool:
-        return not self._done.is_set()
+        self._end(error)
 
     @property
     def finish_reason(self) -> str:
         """"length" when the reply was cut at max_new_tokens, else "stop" (ended or stopped)."""
         ended = bool(self.tokens) and self.tokens[-1] in self._eos
         return "length" if not ended and len(self.tokens) >= self.sampling.max_new_tokens else "stop"
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop generating and wait (bounded) until the engine has let this reply go."""
-        self.cancel.set()
-        self._done.wait(timeout)
 
 
 class _Batch:
@@ -228,6 +241,14 @@ class Engine:
         if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
             ids.append(im_end)
         return sorted({i for i in ids if isinstance(i, int)})
+
+    @property
+    def precision(self) -> str:
+        return getattr(self.model, "precision", str(self.model.dtype).replace("torch.", ""))
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        """Prompt tokens of `messages` once chat-templated."""
+        return int(self.prompt_ids(messages).shape[-1])
 
     def prompt_ids(self, messages: list[dict]) -> torch.Tensor:
         """Chat-template the messages (content flattened to text) into a 1 x n token tensor."""

@@ -21,7 +21,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from .chat import ChatService
 from .config import Config
-from .engine import Generation, Sampling, flatten_content
+from .engine import Reply, Sampling, flatten_content
 from .errors import GenerationError
 
 CREATED = int(time.time())  # the model's "created" time: when this app started
@@ -103,7 +103,7 @@ class _Request:
         options = body.get("stream_options") or {}
         self.include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
         budget = service.input_budget()
-        self.prompt_tokens = int(service.engine.prompt_ids(self.messages).shape[-1])
+        self.prompt_tokens = service.engine.count_tokens(self.messages)
         if self.prompt_tokens > budget:
             raise ApiError(400, f"This model's maximum context length is {budget} tokens "
                                 f"(max_input_tokens). However, your messages resulted in "
@@ -135,7 +135,7 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
         if not api_key:
             if key_required:
                 raise ApiError(401, "The API is off: this app listens beyond this computer, so "
-                                    "set api_key in config.yaml (or QWEN_CHAT_API_KEY).",
+                                    "set server_api_key in config.yaml (or QWEN_CHAT_API_KEY).",
                                code="invalid_api_key")
             return
         given = request.headers.get("authorization", "").encode()
@@ -189,7 +189,7 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
     return api
 
 
-def _collect(generation: Generation, stops: list[str]) -> tuple[str, bool]:
+def _collect(generation: Reply, stops: list[str]) -> tuple[str, bool]:
     text = ""
     for piece in generation:
         text += piece
@@ -200,7 +200,7 @@ def _collect(generation: Generation, stops: list[str]) -> tuple[str, bool]:
     return text, False
 
 
-async def _stream(generation: Generation, req: _Request, ident: str, created: int,
+async def _stream(generation: Reply, req: _Request, ident: str, created: int,
                   model_id: str) -> AsyncIterator[str]:
     def event(data: dict) -> str:
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -55,7 +55,7 @@ def test_any_config_text_gives_a_config_or_a_one_line_error(tmp_path_factory, te
 
 
 START = {"model", "host", "port", "data_dir", "threads", "precision", "kv_cache_mb",
-         "username", "password", "api_key", "queue_size", "max_batch", "max_input_tokens",
+         "username", "password", "server_api_key", "queue_size", "max_batch", "max_input_tokens",
          "system_prompt"}
 START_VALUES = (SCALARS | st.text(alphabet=string.printable, max_size=20)
                 | st.integers(0, 70000))

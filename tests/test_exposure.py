@@ -61,10 +61,10 @@ def test_a_lan_address_with_a_password_serves_only_signed_in_users(app_servers, 
                            body=json.dumps({"data": ["x" * 32]}).encode(),
                            headers={"Content-Type": "application/json"})
     assert status == 401
-    # The OpenAI-compatible API stays off until an api_key is set (sign-in cookies are no use
+    # The OpenAI-compatible API stays off until a server_api_key is set (sign-in cookies are no use
     # to API clients).
     status, _, body = request(base + "/v1/models")
-    assert status == 401 and "api_key" in json.loads(body)["error"]["message"]
+    assert status == 401 and "server_api_key" in json.loads(body)["error"]["message"]
     # A wrong password is refused; the right one works, for scripts too.
     form = lambda pw: f"username={USER}&password={pw}".encode()  # noqa: E731
     status, _, _ = request(base + "/login", method="POST", body=form("wrong"),

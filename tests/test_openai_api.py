@@ -94,7 +94,7 @@ def test_errors_are_openai_error_objects(app_servers, tiny_dir):
 
 
 def test_an_api_key_from_config_is_required_when_set(app_servers, tiny_dir):
-    server = app_servers(model=tiny_dir, extra_config={"api_key": KEY, "max_new_tokens": 8})
+    server = app_servers(model=tiny_dir, extra_config={"server_api_key": KEY, "max_new_tokens": 8})
     with pytest.raises(openai.AuthenticationError) as err:
         client(server, "wrong-key").models.list()
     assert err.value.code == "invalid_api_key"
