@@ -63,20 +63,12 @@ class ChatService:
         self._active: dict[str, tuple[Reply, str]] = {}
         self._active_lock = threading.Lock()
         self._warmed: str | None = None  # the system prompt whose prefix the engine has cached
-        self._running: set[Reply] = set()  # every reply being generated, any front end
         self.last_stats: Stats | None = None  # of the last reply that produced a token
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop every reply being generated (each is saved as stopped by its stream, or marked
-        interrupted at the next start if its stream is gone) and wait for the model's thread."""
-        with self._active_lock:
-            running = list(self._running)
-        for generation in running:
-            generation.cancel.set()
-        deadline = time.monotonic() + timeout
-        for generation in running:
-            generation.close(max(0.1, deadline - time.monotonic()))
-        self.engine.stop_all(max(0.1, deadline - time.monotonic()))  # API replies too
+        """Stop every reply being generated, for any front end (each is saved as stopped by its
+        stream, or marked interrupted at the next start if its stream is gone), and wait."""
+        self.engine.stop_all(timeout)
 
     def warm(self) -> None:
         """Have the engine pre-fill the current system prompt, the start of every new chat, so
@@ -278,8 +270,6 @@ class ChatService:
         status, error, stats, generation = STREAMING, None, Stats(), None
         try:
             generation = self.engine.generate(prompt, sampling, cache_key=conversation.id)
-            with self._active_lock:
-                self._running.add(generation)
             stats = generation.stats
             if session is not None:
                 with self._active_lock:
@@ -307,7 +297,6 @@ class ChatService:
             if generation is not None:
                 generation.close()
                 with self._active_lock:
-                    self._running.discard(generation)
                     if self._active.get(session, (None,))[0] is generation:
                         del self._active[session]
             if stats.ttft is not None:

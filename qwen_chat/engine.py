@@ -78,6 +78,15 @@ def flatten_content(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+def stop_replies(replies: list["Reply"], timeout: float) -> None:
+    """Cancel all of `replies` at once, then wait for each within one shared deadline."""
+    for reply in replies:
+        reply.cancel.set()
+    deadline = time.monotonic() + timeout
+    for reply in replies:
+        reply.close(max(0.0, deadline - time.monotonic()))
+
+
 class Reply:
     """A reply being produced somewhere (this engine, or a remote server). Iterate for text
     pieces ("" while waiting); `cancel` or close() ends it; `stats` fill in as it streams."""
@@ -301,11 +310,7 @@ class Engine:
         """Cancel every reply, running or waiting, and wait (bounded) until they have ended."""
         with self._wake:
             replies = list(self._replies)
-        for g in replies:
-            g.cancel.set()
-        deadline = time.monotonic() + timeout
-        for g in replies:
-            g.close(max(0.0, deadline - time.monotonic()))
+        stop_replies(replies, timeout)
 
     # The scheduler: everything below runs on its one thread.
 

@@ -15,7 +15,7 @@ import weakref
 
 import httpx
 
-from .engine import Reply, Sampling, flatten_content
+from .engine import Reply, Sampling, flatten_content, stop_replies
 from .kvcache import KVCacheStore
 
 CHARS_PER_TOKEN = 3  # no tokenizer here: prompt sizes are estimated (about 3 UTF-8 bytes a token)
@@ -124,9 +124,4 @@ class RemoteEngine:
         pass
 
     def stop_all(self, timeout: float = 5.0) -> None:
-        replies = list(self._replies)
-        for reply in replies:
-            reply.cancel.set()
-        deadline = time.monotonic() + timeout
-        for reply in replies:
-            reply.close(max(0.0, deadline - time.monotonic()))
+        stop_replies(list(self._replies), timeout)

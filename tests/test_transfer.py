@@ -108,6 +108,20 @@ def test_backup_while_the_database_is_being_written(tmp_path):
     assert "Traceback" not in again.stderr
 
 
+def export(page, kind: str, folder: Path) -> Path:
+    """Click "Export .<kind>", then download the file the page offers, as a user would."""
+    from playwright.sync_api import expect
+
+    page.locator(f"#export-{kind}").click()
+    link = page.locator(f'#exported a[download$=".{kind}"]').first
+    expect(link).to_be_visible()
+    with page.expect_download() as download:
+        link.click()
+    saved = folder / download.value.suggested_filename
+    download.value.save_as(saved)
+    return saved
+
+
 def test_export_import_and_the_system_panel_in_the_browser(browser, app_servers, tiny_dir, tmp_path):  # noqa: F811
     from playwright.sync_api import expect
 
@@ -128,13 +142,7 @@ def test_export_import_and_the_system_panel_in_the_browser(browser, app_servers,
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SHOTS / "browser-system-panel.png")
 
-    page.locator("#export-json").click()
-    link = page.locator("#exported a").first
-    expect(link).to_be_visible()
-    with page.expect_download() as download:
-        link.click()
-    saved = tmp_path / download.value.suggested_filename
-    download.value.save_as(saved)
+    saved = export(page, "json", tmp_path)
     data = json.loads(saved.read_text(encoding="utf-8"))
     assert [m["content"] for m in data["messages"]][0] == "export me, 导出我"
     assert data["messages"][1]["content"] == reply
@@ -146,12 +154,6 @@ def test_export_import_and_the_system_panel_in_the_browser(browser, app_servers,
     expect(page.locator('#chatbot [data-testid="user"]')).to_have_text("export me, 导出我")
     expect(page.locator("#conversations input:checked")).to_have_count(1)
 
-    page.locator("#export-md").click()  # the open (imported) conversation, as Markdown
-    link = page.locator('#exported a[download$=".md"]').first
-    expect(link).to_be_visible()
-    with page.expect_download() as download:
-        link.click()
-    saved = tmp_path / download.value.suggested_filename
-    download.value.save_as(saved)
-    markdown = saved.read_text(encoding="utf-8")
+    # The open (imported) conversation, as Markdown.
+    markdown = export(page, "md", tmp_path).read_text(encoding="utf-8")
     assert "**You**:\n\nexport me, 导出我" in markdown and reply in markdown
