@@ -15,7 +15,7 @@ import weakref
 
 import httpx
 
-from .engine import Reply, Sampling, flatten_content, stop_replies
+from .reply import Reply, Sampling, flatten_content, stop_replies
 from .kvcache import KVCacheStore
 
 CHARS_PER_TOKEN = 3  # no tokenizer here: prompt sizes are estimated (about 3 UTF-8 bytes a token)

@@ -1,0 +1,95 @@
+"""What every engine hands a front end: a streaming `Reply` with its `Stats`, and the `Sampling`
+settings it was asked for. The local engine (engine.py) and the remote one (remote.py) both
+produce Replies; the chat service and the /v1 API only consume them."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .errors import GenerationError
+
+# How often an idle stream wakes up so its consumer can react to a cancel (seconds).
+POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.8
+    max_new_tokens: int = 512
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose keys/values were reused from the last turn
+    new_tokens: int = 0
+    ttft: float | None = None  # seconds from the request to the first new token
+    tokens_per_s: float | None = None  # decode speed after the first token
+
+
+def flatten_content(content: Any) -> str:
+    """Gradio 6 hands message content as a list of blocks; chat templates expect a string."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    if isinstance(content, (list, tuple)):
+        return "".join(flatten_content(part) for part in content)
+    return "" if content is None else str(content)
+
+
+def stop_replies(replies: list["Reply"], timeout: float) -> None:
+    """Cancel all of `replies` at once, then wait for each within one shared deadline."""
+    for reply in replies:
+        reply.cancel.set()
+    deadline = time.monotonic() + timeout
+    for reply in replies:
+        reply.close(max(0.0, deadline - time.monotonic()))
+
+
+class Reply:
+    """A reply being produced somewhere (this engine, or a remote server). Iterate for text
+    pieces ("" while waiting); `cancel` or close() ends it; `stats` fill in as it streams."""
+
+    finish_reason = "stop"  # or "length": cut at max_new_tokens
+
+    def __init__(self, prompt_tokens: int):
+        self.cancel = threading.Event()
+        self.stats = Stats(prompt_tokens=prompt_tokens)
+        self._pieces: queue.Queue[str | None] = queue.Queue()
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def _end(self, error: BaseException | None = None) -> None:
+        self._error = error
+        self._done.set()
+        self._pieces.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            try:
+                text = self._pieces.get(timeout=POLL_INTERVAL)
+            except queue.Empty:
+                yield ""  # heartbeat: still prefilling or waiting for the engine
+                continue
+            if text is None:
+                break
+            yield text
+        if self._error is not None:
+            raise GenerationError(f"Generation failed: {type(self._error).__name__}: "
+                                  f"{self._error}") from self._error
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop generating and wait (bounded) until the reply has been let go."""
+        self.cancel.set()
+        self._done.wait(timeout)
