@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import ctypes.util
+import inspect
 import threading
 import time
 import weakref
@@ -136,6 +137,9 @@ class _Batch:
 class Engine:
     """A loaded causal LM and its tokenizer, generating up to `max_batch` replies together."""
 
+    ready = True  # see loading.LoadingEngine, which stands in for an engine while it loads
+    progress = None
+
     def __init__(self, model, tokenizer, *, name: str = "", kv_cache_mb: int = 256,
                  max_batch: int = 4):
         self.model, self.tokenizer, self.name = model, tokenizer, name
@@ -145,6 +149,10 @@ class Engine:
         self.eos_token_ids = self._eos_ids()
         self.top_k = getattr(model.generation_config, "top_k", None) or DEFAULT_TOP_K
         self.step_sizes: Counter[int] = Counter()  # decode steps run, by number of replies
+        # transformers renamed forward()'s `past_key_values` to `cache` (5.2x; the old name goes
+        # in 5.40): pass the KV cache under the name this version's model takes.
+        self._cache_arg = ("cache" if "cache" in inspect.signature(model.forward).parameters
+                           else "past_key_values")
         self._waiting: deque[Generation] = deque()
         self._wake = threading.Condition()
         self._scheduler: threading.Thread | None = None
@@ -208,7 +216,7 @@ class Engine:
         ids = self.prompt_ids([*messages, {"role": "user", "content": ""}])
         with self.lock, torch.inference_mode():
             cache = DynamicCache(config=self.model.config)
-            self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self._forward(cache, input_ids=ids, logits_to_keep=1)
         self.kv.share(ids[0], cache)
         return int(ids.shape[-1])
 
@@ -296,8 +304,7 @@ class Engine:
             g.cache = cache if cache is not None else DynamicCache(config=self.model.config)
             tail = g.input_ids[g.stats.cached_tokens:][None]
             with self.lock, torch.inference_mode():
-                out = self.model(input_ids=tail, past_key_values=g.cache, use_cache=True,
-                                 logits_to_keep=1)
+                out = self._forward(g.cache, input_ids=tail, logits_to_keep=1)
             g.add_token(self._sample(out.logits[0, -1], g))
             return True
         except BaseException as exc:  # noqa: BLE001 - reaches the reply's consumer
@@ -307,8 +314,7 @@ class Engine:
 
     def _step_one(self, g: Generation) -> torch.Tensor:
         with self.lock, torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([[g.tokens[-1]]]), past_key_values=g.cache,
-                             use_cache=True)
+            out = self._forward(g.cache, input_ids=torch.tensor([[g.tokens[-1]]]))
         return out.logits[:, -1]
 
     def _step_batch(self, batch: _Batch) -> torch.Tensor:
@@ -317,9 +323,13 @@ class Engine:
         positions = torch.tensor([[g.length] for g in members])  # of the token fed
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(members), 1)], dim=1)
         with self.lock, torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=batch.mask, position_ids=positions,
-                             past_key_values=batch.cache, use_cache=True)
+            out = self._forward(batch.cache, input_ids=ids, attention_mask=batch.mask,
+                                position_ids=positions)
         return out.logits[:, -1]
+
+    def _forward(self, cache: DynamicCache, **inputs):
+        """One forward pass that reads and extends `cache`."""
+        return self.model(**inputs, **{self._cache_arg: cache}, use_cache=True)
 
     def _sample(self, logits: torch.Tensor, g: Generation) -> int:
         """The next token, as transformers' generate() would pick it with these settings:
