@@ -83,6 +83,40 @@ def fail(message: str, code: int = 1) -> int:
     return code
 
 
+def build_engine(config, cache_dir: Path, progress):
+    """Load the model (download, convert, quantize as needed) and start its engine. Runs in the
+    background while the page is served; a failure is told here and shown on the page."""
+    from qwen_chat import loader
+    from qwen_chat.engine import Engine
+    from qwen_chat.errors import ModelLoadError
+
+    started = time.perf_counter()
+    print(f"Loading {config.model} ...", flush=True)
+    try:
+        model, tokenizer = loader.load(config.model_source, cache_dir=cache_dir,
+                                       precision=config.precision, progress=progress)
+    except ModelLoadError as exc:
+        fail(f"{exc}\n(The page says so too. Fix it, then stop with Ctrl+C and start again.)")
+        raise
+    print(f"Model ready in {time.perf_counter() - started:.1f} s "
+          f"({model.precision}, {config.thread_count} threads).", flush=True)
+    return Engine(model, tokenizer, name=config.model_id, kv_cache_mb=config.kv_cache_mb,
+                  max_batch=config.max_batch)
+
+
+def wait_in_terminal(engine) -> None:
+    """Block until the model is ready, printing each phase and every 10% of it."""
+    from qwen_chat import i18n
+
+    told = None
+    while engine.wait(0.5) is None:
+        snapshot = engine.progress.snapshot()
+        step = (snapshot.phase, (snapshot.percent or 0) // 10)
+        if step != told and snapshot.phase not in ("start", "failed"):
+            told = step
+            print(i18n.loading("en", snapshot), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
@@ -94,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from qwen_chat.config import ConfigWatcher, load_config
-    from qwen_chat.errors import ConfigError, ModelLoadError
+    from qwen_chat.errors import ConfigError, ModelLoadError, ModelNotLoaded
 
     try:
         config = load_config(args.config)
@@ -123,14 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from qwen_chat import loader
-    from qwen_chat.api import PARAMS as API_PARAMS
-    from qwen_chat.api import add_api
-    from qwen_chat.chat import ChatService
-    from qwen_chat.engine import Engine
-    from qwen_chat.openai_api import router as openai_router
-    from qwen_chat.store import Store
-    from qwen_chat.ui import GENERATE, build_ui, launch_options
-    from qwen_chat.web import serve
+    from qwen_chat.loading import LoadingEngine, LoadProgress
 
     if config.engine == "openai":
         from qwen_chat.remote import RemoteEngine
@@ -143,17 +170,28 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(config.thread_count)
         with contextlib.suppress(RuntimeError):  # only settable before any parallel work started
             torch.set_num_interop_threads(1)
-        started = time.perf_counter()
-        print(f"Loading {config.model} ...", flush=True)
         try:
-            model, tokenizer = loader.load(config.model_source, cache_dir=cache_dir,
-                                           precision=config.precision)
+            loader.check_source(config.model_source)  # a missing file: say so before serving
         except ModelLoadError as exc:
             return fail(str(exc))
-        print(f"Model ready in {time.perf_counter() - started:.1f} s "
-              f"({model.precision}, {config.thread_count} threads).", flush=True)
-        engine = Engine(model, tokenizer, name=config.model_id, kv_cache_mb=config.kv_cache_mb,
-                        max_batch=config.max_batch)
+        engine = LoadingEngine(lambda progress: build_engine(config, cache_dir, progress),
+                               name=config.model_id, max_batch=config.max_batch,
+                               progress=LoadProgress(cache_dir / "load-timings.json"))
+        if args.cli:  # the terminal has nothing to show before the model is ready: wait here
+            try:
+                wait_in_terminal(engine)
+            except ModelNotLoaded:
+                return 1  # build_engine has said why
+
+    # Imported while the model loads in the background (the web stack takes seconds to import).
+    from qwen_chat.api import PARAMS as API_PARAMS
+    from qwen_chat.api import add_api
+    from qwen_chat.chat import ChatService
+    from qwen_chat.openai_api import health_router
+    from qwen_chat.openai_api import router as openai_router
+    from qwen_chat.store import Store
+    from qwen_chat.ui import GENERATE, build_ui, launch_options
+    from qwen_chat.web import serve
 
     store = Store(data_dir / "chat.db")
     try:
@@ -176,9 +214,10 @@ def main(argv: list[str] | None = None) -> int:
               auth_message=AUTH_MESSAGE, launch_options=launch_options(), on_ready=ready,
               open_browser=config.open_browser and not args.no_browser, api_params=API_PARAMS,
               on_stop=service.shutdown,
-              routers=(openai_router(service, model_id=config.model_id, api_key=config.openai_key,
+              routers=(health_router(service),
+                       openai_router(service, model_id=config.model_id, api_key=config.openai_key,
                                      key_required=not config.local_only,
-                                     queue_size=config.queue_size),))
+                                     queue_size=config.queue_size)))
         print("Stopping: ending replies and saving them ...", flush=True)
         service.shutdown()
     finally:

@@ -19,7 +19,8 @@ import torch
 from . import i18n, transfer
 from .config import ConfigWatcher
 from .engine import Engine, Reply, Sampling, Stats
-from .errors import GenerationError, MessageTooLong, NotFound
+from .errors import GenerationError, MessageTooLong, ModelNotLoaded, NotFound
+from .loading import Snapshot
 from .store import COMPLETE, ERROR, STOPPED, STREAMING, Conversation, Message, Store
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class ReplyUpdate:
     stats: Stats = field(default_factory=Stats)
     error: str | None = None
     notice: str | None = None  # told once per conversation: early messages are no longer read
+    loading: Snapshot | None = None  # the model is still loading: how far it is
 
 
 def title_from(text: str) -> str:
@@ -82,7 +84,9 @@ class ChatService:
 
         def run() -> None:
             try:
-                self.engine.warm(messages)
+                self.engine.warm(messages)  # waits for the model when it is still loading
+            except ModelNotLoaded:
+                pass  # the page and the terminal already say why
             except Exception:  # noqa: BLE001 - only a speed-up: chats work without it
                 log.exception("Could not pre-fill the system prompt")
 
@@ -112,14 +116,20 @@ class ChatService:
     def system(self) -> dict:
         """What runs, for the page's System panel: model, precision, threads, batch, memory,
         and the last reply's speed (any browser's: it is the machine's speed)."""
-        last = self.last_stats
+        last, kv = self.last_stats, self.engine.kv
         return {"model": self.engine.name or "?",
-                "precision": self.engine.precision,
+                "precision": self.engine.precision, "loading": self.loading(),
                 "threads": torch.get_num_threads(), "max_batch": self.engine.max_batch,
                 "memory_mb": psutil.Process().memory_info().rss / 2**20,
-                "kv_cache_mb": self.engine.kv.nbytes / 2**20,
+                "kv_cache_mb": kv.nbytes / 2**20 if kv is not None else 0.0,
                 "ttft": last.ttft if last else None,
                 "tokens_per_s": last.tokens_per_s if last else None}
+
+    def loading(self) -> Snapshot | None:
+        """How far the model's loading is; None once it is ready (or for a remote engine)."""
+        if self.engine.ready:
+            return None
+        return self.engine.progress.snapshot()
 
     def export(self, owner: str, conversation_id: str, kind: str) -> tuple[str, str]:
         """(file name, text) of a conversation as Markdown ("md") or JSON ("json")."""
@@ -169,6 +179,8 @@ class ChatService:
     def input_budget(self) -> int:
         """Prompt tokens allowed: max_input_tokens, within the model's context minus the reply."""
         config = self.settings.current()
+        if not self.engine.ready:  # the model's context is not known yet
+            return config.max_input_tokens
         room = self.engine.context_length - config.max_new_tokens
         return max(64, min(config.max_input_tokens, room))
 
@@ -179,6 +191,8 @@ class ChatService:
             raise MessageTooLong(
                 f"This message is too long ({len(text):,} characters): the model reads at most "
                 f"{budget:,} tokens. Shorten it or split it (max_input_tokens in config.yaml).")
+        if not self.engine.ready:
+            return  # counted when the model is ready (ChatService.fit), before the reply starts
         system = [{"role": "system", "content": config.system_prompt}] if config.system_prompt.strip() else []
         needed = self.engine.count_tokens([*system, {"role": "user", "content": text}])
         if needed > budget:
@@ -253,8 +267,28 @@ class ChatService:
             time.sleep(0.05)
         return True
 
+    def _wait_for_model(self, conversation: Conversation) -> Iterator[ReplyUpdate]:
+        """While the model loads, say how far it is (and notice a closed consumer)."""
+        while not self.engine.ready:
+            snapshot = self.engine.progress.snapshot()
+            if snapshot.phase == "failed":
+                return
+            yield ReplyUpdate(conversation, 0, "", STREAMING, loading=snapshot)
+            self.engine.wait(HEARTBEAT_INTERVAL)
+
     def _reply(self, owner: str, conversation: Conversation,
                session: str | None) -> Iterator[ReplyUpdate]:
+        if not self.engine.ready:
+            try:
+                yield from self._wait_for_model(conversation)
+            except ModelNotLoaded:
+                pass
+            if not self.engine.ready:  # loading failed: the reply is that error, saved as such
+                error = self.engine.progress.snapshot().error or "the model could not be loaded"
+                reply = self.store.add_message(conversation.id, "assistant", "", status=ERROR)
+                self.store.update_message(reply.id, status=ERROR, error=error)
+                yield ReplyUpdate(conversation, reply.id, "", ERROR, error=error)
+                return
         config = self.settings.current()
         sampling = Sampling(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens,

@@ -33,8 +33,11 @@ DEFAULT_CONFIG_TEXT = f"""\
 # Qwen Chat 设置。保存后，采样与历史设置从下一条消息起生效。
 # Keys marked (restart) need the app to be restarted. 标有 (restart) 的项需重启应用。
 
-# Model: a Hugging Face Hub id, a local folder, or a .gguf file. (restart)
-# 模型：Hugging Face Hub 名称、本地文件夹或 .gguf 文件路径。（需重启）
+# Model: a Hugging Face Hub id (mirror: set HF_ENDPOINT), a ModelScope id written
+# modelscope:Qwen/Qwen2.5-0.5B-Instruct (needs `pip install modelscope`), a local folder, or a
+# .gguf file. (restart)
+# 模型：Hugging Face Hub 名称（镜像：设置 HF_ENDPOINT）、ModelScope 模型（写作
+# modelscope:Qwen/Qwen2.5-0.5B-Instruct，需先 pip install modelscope）、本地文件夹或 .gguf 文件。（需重启）
 model: {DEFAULT_MODEL}
 
 # Engine: local (this computer's CPU) or openai (any OpenAI-compatible server: vLLM, llama.cpp
@@ -175,6 +178,8 @@ class Config:
     @property
     def model_id(self) -> str:
         """The model's name in the /v1 API: the Hub id, or a local folder's or file's name."""
+        if self.model.startswith("modelscope:"):
+            return self.model[len("modelscope:"):].strip("/")
         path = Path(self.model).expanduser()
         local = path if path.is_absolute() else self.base_dir / path
         return local.name if local.exists() else self.model
@@ -222,7 +227,7 @@ def _in(lo: float, hi: float):
 
 
 _RULES: dict[str, tuple[tuple[type, ...], str, Any]] = {
-    "model": ((str,), "a Hub id, a local folder or a .gguf file", lambda v: bool(v.strip())),
+    "model": ((str,), "a Hub id, modelscope:<id>, a local folder or a .gguf file", lambda v: bool(v.strip())),
     "engine": ((str,), "local or openai", lambda v: v in ("local", "openai")),
     "base_url": ((str,), "an address such as http://127.0.0.1:8000/v1, or \"\"",
                  lambda v: v == "" or v.startswith(("http://", "https://"))),

@@ -17,6 +17,10 @@ class GenerationError(QwenChatError):
     """Generation failed inside the worker thread; the original exception is chained."""
 
 
+class ModelNotLoaded(GenerationError):
+    """The model failed to load in the background: no reply can be generated until a restart."""
+
+
 class NotFound(QwenChatError):
     """A conversation does not exist or belongs to another browser."""
 

@@ -47,6 +47,14 @@ EN = {
                     "**Last reply** {last}",
     "last_reply": "first token {ttft:.2f} s · {tps:.1f} tokens/s",
     "none_yet": "none yet",
+    "loading_start": "Loading the model…",
+    "loading_download": "Downloading the model (once): {pct}% ({done} of {total} MB)",
+    "loading_download_mb": "Downloading the model (once): {done} MB so far",
+    "loading_convert": "Converting the model file for faster starts (once): {pct}%",
+    "loading_quantize": "Preparing the model for this computer (once): {pct}%",
+    "loading_load": "Loading model {pct}%",
+    "loading_hint": "You can type now: your message is answered as soon as the model is ready.",
+    "loading_failed": "The model could not be loaded. {error}",
 }
 
 ZH = {
@@ -91,6 +99,14 @@ ZH = {
                     "**上一条回复** {last}",
     "last_reply": "首字 {ttft:.2f} 秒 · {tps:.1f} token/秒",
     "none_yet": "暂无",
+    "loading_start": "正在加载模型…",
+    "loading_download": "正在下载模型（仅首次）：{pct}%（{done} / {total} MB）",
+    "loading_download_mb": "正在下载模型（仅首次）：已下载 {done} MB",
+    "loading_convert": "正在转换模型文件以加快以后的启动（仅首次）：{pct}%",
+    "loading_quantize": "正在为本机优化模型（仅首次）：{pct}%",
+    "loading_load": "正在加载模型 {pct}%",
+    "loading_hint": "现在就可以输入：模型就绪后会立即回复你的消息。",
+    "loading_failed": "模型无法加载。{error}",
 }
 
 # gr.I18n locales: browsers report zh-CN, zh-TW, ... and gradio also falls back to "zh".
@@ -106,3 +122,22 @@ def language(accept_language: str | None) -> str:
 def text(lang: str, key: str, **values) -> str:
     table = ZH if lang == "zh" else EN
     return table[key].format(**values) if values else table[key]
+
+
+def megabytes(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def loading(lang: str, snapshot) -> str:
+    """One line for a loading.Snapshot: the phase and how far it is."""
+    pct = snapshot.percent
+    if snapshot.phase == "failed":
+        return text(lang, "loading_failed", error=snapshot.error or "")
+    if snapshot.phase == "download":
+        if snapshot.total_mb:
+            return text(lang, "loading_download", pct=pct, done=megabytes(snapshot.done_mb),
+                        total=megabytes(snapshot.total_mb))
+        return text(lang, "loading_download_mb", done=megabytes(snapshot.done_mb))
+    if snapshot.phase in ("convert", "quantize", "load"):
+        return text(lang, f"loading_{snapshot.phase}", pct=pct if pct is not None else 0)
+    return text(lang, "loading_start")

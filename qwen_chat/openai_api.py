@@ -9,6 +9,7 @@ the whole conversation and nothing is stored. Errors are OpenAI's error objects,
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import secrets
@@ -125,6 +126,37 @@ def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+async def _model_ready(service: ChatService) -> None:
+    """Wait while the model loads (a request sent at start-up is answered when it is ready);
+    an ApiError (503) when loading failed."""
+    while not service.engine.ready:
+        snapshot = service.engine.progress.snapshot()
+        if snapshot.phase == "failed":
+            raise ApiError(503, f"The model could not be loaded: {snapshot.error}",
+                           kind="server_error", code="model_not_loaded")
+        await asyncio.sleep(0.2)
+
+
+def health_router(service: ChatService) -> APIRouter:
+    """GET /health, as llama.cpp's server has it: 200 {"status": "ok"} once the model is ready,
+    503 {"status": "loading", "phase", "percent"} while it loads, 503 {"status": "error"} if it
+    could not be loaded. For scripts that wait for the app, and for monitoring."""
+    api = APIRouter()
+
+    @api.get("/health")
+    async def health() -> JSONResponse:
+        snapshot = service.loading()
+        if snapshot is None:
+            return JSONResponse({"status": "ok"})
+        if snapshot.phase == "failed":
+            return JSONResponse({"status": "error", "message": "the model could not be loaded: "
+                                 "see the app's terminal or page"}, status_code=503)
+        return JSONResponse({"status": "loading", "phase": snapshot.phase,
+                             "percent": snapshot.percent}, status_code=503)
+
+    return api
+
+
 def router(service: ChatService, *, model_id: str, api_key: str, key_required: bool,
            queue_size: int) -> APIRouter:
     """The /v1 routes. `key_required`: refuse everything when no api_key is set (the app is
@@ -159,6 +191,7 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
                 body = json.loads(await request.body())
             except ValueError:
                 raise ApiError(400, "We could not parse the JSON body of your request.") from None
+            await _model_ready(service)
             req = await run_in_threadpool(_Request, body, service, model_id,
                                           service.settings.current())
             if service.engine.waiting >= queue_size:

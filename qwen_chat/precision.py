@@ -255,13 +255,13 @@ def _from_cache(folder: Path, saved: dict) -> nn.Module | None:
     return model.eval()
 
 
-def load_int8(folder: Path, cache_file: Path) -> nn.Module:
+def load_int8(folder: Path, cache_file: Path, on_quantize=None) -> nn.Module:
     """Load the model in `folder` as int8, from `cache_file` when it matches (see fingerprint).
 
     A first start loads the checkpoint in its own dtype (bf16 for Qwen: half of fp32's memory),
     quantizes it (seconds) and writes the cache atomically; later starts read only the cache
     (memory-mapped), which is faster and keeps peak memory near the int8 model's size. A cache
-    that is missing, stale or unreadable is rebuilt.
+    that is missing, stale or unreadable is rebuilt (after calling `on_quantize()`, if given).
     """
     from transformers import AutoModelForCausalLM
 
@@ -274,6 +274,8 @@ def load_int8(folder: Path, cache_file: Path) -> nn.Module:
                 return model
     except (OSError, RuntimeError, ValueError, KeyError, AttributeError, EOFError):
         pass  # missing, unreadable or stale: quantize and rewrite it below
+    if on_quantize is not None:
+        on_quantize()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", local_files_only=True).eval()
     tensors = _to_int8(model)
     rest = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}

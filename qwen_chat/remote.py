@@ -95,6 +95,8 @@ class RemoteEngine:
     """The engine interface of `Engine`, served by an OpenAI-compatible server."""
 
     precision = "remote"
+    ready = True  # nothing to load here
+    progress = None
     context_length = 32768  # unknown here: the server refuses what does not fit
 
     def __init__(self, base_url: str, model: str, *, api_key: str = "", max_batch: int = 4):

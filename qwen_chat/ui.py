@@ -31,6 +31,7 @@ LATEX = [
 CSS = """
 #title h1, #title p { font-size: 1.6em; font-weight: 700; margin: 0; }
 #status { min-height: 1.5em; opacity: .75; font-size: .9em; }
+#model-status { padding: .5em .8em; border-radius: 8px; background: var(--color-accent-soft); }
 #conversations label { width: 100%; }
 #conversations label.selected, #conversations label.selected * { color: white; }
 """
@@ -65,6 +66,8 @@ def shown(message: Message, lang: str) -> dict:
 
 
 def status_line(update: ReplyUpdate, lang: str) -> str:
+    if update.loading is not None:
+        return i18n.loading(lang, update.loading)
     stats = update.stats
     if stats.ttft is None:
         return i18n.text(lang, "thinking") if update.status == STREAMING else ""
@@ -214,8 +217,22 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         path.write_text(text, encoding="utf-8")
         return gr.update(value=str(path), visible=True)
 
+    def model_status(request: gr.Request):
+        """The banner above the chat while the model loads (or failed), and whether to keep
+        polling: (banner, timer)."""
+        snapshot, lang = service.loading(), lang_of(request)
+        if snapshot is None:
+            return gr.update(value="", visible=False), gr.Timer(active=False)
+        if snapshot.phase == "failed":
+            return (gr.update(value=f"⚠ {as_text(i18n.loading(lang, snapshot))}", visible=True),
+                    gr.Timer(active=False))
+        line = f"⏳ **{i18n.loading(lang, snapshot)}**  \n{i18n.text(lang, 'loading_hint')}"
+        return gr.update(value=line, visible=True), gr.Timer(active=True)
+
     def system_text(request: gr.Request) -> str:
         lang, info = lang_of(request), service.system()
+        if info["loading"] is not None:
+            info["precision"] = i18n.loading(lang, info["loading"])
         last = (i18n.text(lang, "last_reply", ttft=info["ttft"], tps=info["tokens_per_s"] or 0.0)
                 if info["ttft"] is not None else i18n.text(lang, "none_yet"))
         return i18n.text(lang, "system_table", **{**info, "last": last})
@@ -266,6 +283,8 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                 system_box = gr.Markdown("", elem_id="system")
         gr.Markdown(t("title"), elem_id="title")
         gr.Markdown(t("subtitle"), elem_id="subtitle")
+        banner = gr.Markdown("", visible=False, elem_id="model-status")
+        poll = gr.Timer(1.0, active=False)
         chatbot = gr.Chatbot(elem_id="chatbot", height=520, latex_delimiters=LATEX,
                              buttons=["copy"], placeholder=t("welcome"),
                              feedback_options=None, show_label=False)
@@ -282,6 +301,9 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         outputs = [chatbot, current, conversations, status]
         together = service.engine.max_batch  # replies in flight; later ones wait in the queue
         demo.load(on_load, [owner], [owner, conversations, current, chatbot, status], **private)
+        # While the model loads, the banner says how far it is, once a second, then goes away.
+        demo.load(model_status, outputs=[banner, poll], queue=False, **private)
+        poll.tick(model_status, outputs=[banner, poll], queue=False, **private)
         streams = []
         for trigger in (box.submit, send_btn.click):
             streams.append(

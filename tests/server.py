@@ -1,8 +1,8 @@
 """Run Qwen Chat the way a user does: `python app.py --config config.yaml --no-browser` in its own
 process, with its own config.yaml and data folder, answering on a free local port.
 
-`AppServer` writes the config, starts the app, waits until the page answers HTTP 200 (or fails
-with the tail of the app's log), and stops or restarts it over the same data folder, so tests see
+`AppServer` writes the config, starts the app, waits until the page answers HTTP 200 and the model
+is ready (GET /health says "ok"; or fails with the tail of the app's log), and stops or restarts it over the same data folder, so tests see
 exactly what survives a restart. `app_servers` is a pytest fixture handing out such servers and
 stopping every one of them at the end of the test.
 """
@@ -95,8 +95,9 @@ class AppServer:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def start(self, timeout: float = START_TIMEOUT) -> AppServer:
-        """Start the app and return once its page answers HTTP 200."""
+    def start(self, timeout: float = START_TIMEOUT, *, ready: bool = True) -> AppServer:
+        """Start the app and return once its page answers HTTP 200 and, if `ready`, once its
+        model is loaded (the page is served while it loads)."""
         assert self.proc is None, "already running"
         with open(self.log_path, "a", encoding="utf-8") as log:
             log.write(f"\n=== start {time.strftime('%H:%M:%S')} port {self.port} ===\n")
@@ -112,12 +113,24 @@ class AppServer:
                 self.proc = None
                 pytest.fail(f"Qwen Chat exited with code {code} while starting; log "
                             f"{self.log_path}:\n{self.log_tail()}", pytrace=False)
-            if self._answers():
+            if self._answers() and (not ready or self.health()[0] == 200):
                 return self
             time.sleep(0.5)
         self.stop()
         pytest.fail(f"Qwen Chat did not answer on {self.url} within {timeout:.0f} s; log "
                     f"{self.log_path}:\n{self.log_tail()}", pytrace=False)
+
+    def health(self) -> tuple[int, dict]:
+        """(HTTP status, JSON) of GET /health: 200 once the model is ready, 503 while it loads."""
+        import json
+
+        try:
+            with urllib.request.urlopen(self.url + "health", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except (urllib.error.URLError, OSError, ValueError):
+            return 0, {}
 
     def _answers(self) -> bool:
         try:
@@ -139,9 +152,9 @@ class AppServer:
                 proc.kill()
                 proc.wait(timeout)
 
-    def restart(self, timeout: float = START_TIMEOUT) -> AppServer:
+    def restart(self, timeout: float = START_TIMEOUT, *, ready: bool = True) -> AppServer:
         self.stop()
-        return self.start(timeout)
+        return self.start(timeout, ready=ready)
 
     def __enter__(self) -> AppServer:
         return self.start()
@@ -156,10 +169,10 @@ def app_servers(tmp_path, model_cache):
     this test's tmp_path; every server started is stopped when the test ends."""
     started: list[AppServer] = []
 
-    def start(*, model, name: str = "app", **options) -> AppServer:
+    def start(*, model, name: str = "app", ready: bool = True, **options) -> AppServer:
         server = AppServer(tmp_path / name, model=model, **options)
         started.append(server)
-        return server.start()
+        return server.start(ready=ready)
 
     yield start
     for server in started:

@@ -3,7 +3,8 @@
 * A question streams back word by word, ends "complete" and is saved in data/chat.db; after a
   restart the same owner still finds the conversation, another owner finds nothing.
 * Start-up mistakes end at once with one plain message and a non-zero exit code: a misspelt key
-  in config.yaml, no way to download the model, a port already in use.
+  in config.yaml, a port already in use. A download that fails (the page is served meanwhile)
+  is told in the terminal, in the reply to a message and by /health.
 """
 
 from __future__ import annotations
@@ -101,18 +102,29 @@ def test_misspelt_config_key_names_the_key_and_the_fix(tmp_path):
     assert "Traceback" not in output
 
 
-def test_unreachable_hub_says_could_not_download_and_suggests_a_mirror(tmp_path):
+def test_unreachable_hub_says_could_not_download_and_suggests_a_mirror(tmp_path, app_servers):
+    """The page is served while the model downloads; when the download fails, the terminal and
+    a message sent meanwhile say why and what to do, and /health reports the error."""
     closed_port = free_port()  # nothing listens there: every download is refused at once
     env = {"HF_ENDPOINT": f"http://127.0.0.1:{closed_port}", "HF_HOME": str(tmp_path / "hf"),
            "HF_HUB_OFFLINE": None, "HF_HUB_CACHE": None, "HUGGINGFACE_HUB_CACHE": None,
            "QWEN_CHAT_CACHE": str(tmp_path / "cache")}
-    result = run_app(tmp_path / "app", {"model": "Qwen/Qwen2.5-0.5B-Instruct",
-                                        "port": free_port()}, env=env, timeout=180)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    server = app_servers(model="Qwen/Qwen2.5-0.5B-Instruct", env=env, ready=False)
+    job = client_for(server).submit(secrets.token_hex(16), "", QUESTION, api_name="/chat")
+    final = list(job)[-1]
+    assert final["status"] == "error", final
+    assert "Could not download the model 'Qwen/Qwen2.5-0.5B-Instruct'" in final["error"], final
+    assert "HF_ENDPOINT=https://hf-mirror.com" in final["error"], final
+    assert server.health() == (503, {"status": "error", "message": "the model could not be "
+                                     "loaded: see the app's terminal or page"})
+    output = server.log_tail(200)
     assert "Could not download" in output, output
     assert "HF_ENDPOINT" in output and "mirror" in output, output
+    assert "modelscope:Qwen/Qwen2.5-0.5B-Instruct" in output, output
     assert "Traceback" not in output, output
+    # The question is kept, with the reply marked as an error, for a retry after a fix.
+    rows = read_rows(server.db_path, "SELECT role, status FROM messages ORDER BY id")
+    assert [(r["role"], r["status"]) for r in rows] == [("user", "complete"), ("assistant", "error")]
 
 
 def test_port_in_use_names_the_port_and_the_setting(tmp_path, gguf_path):
