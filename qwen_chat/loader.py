@@ -151,16 +151,23 @@ def modelscope_install() -> str:
 
 
 def modelscope_module():
-    """The `modelscope` package, or a ModelLoadError that says how to install it."""
+    """The `modelscope` package, or a ModelLoadError that says how to install (or repair) it."""
+    import importlib.util
+
     try:
         import modelscope
-    except ImportError:
+    except ImportError as exc:
+        if importlib.util.find_spec("modelscope") is None:
+            raise ModelLoadError(
+                "`model:` in config.yaml names a ModelScope model, which needs the optional "
+                "`modelscope` package. Install it with\n"
+                f"    {modelscope_install()}\n"
+                "then start again (or set `model:` to a Hugging Face id, a folder or a .gguf "
+                "file).") from None
         raise ModelLoadError(
-            "`model:` in config.yaml names a ModelScope model, which needs the optional "
-            "`modelscope` package. Install it with\n"
-            f"    {modelscope_install()}\n"
-            "then start again (or set `model:` to a Hugging Face id, a folder or a .gguf file)."
-        ) from None
+            f"The `modelscope` package is installed but cannot be used ({exc}). Repair it with\n"
+            f"    {modelscope_install()} --upgrade --force-reinstall\n"
+            "then start again.") from None
     return modelscope
 
 

@@ -1,10 +1,12 @@
-"""A local Hugging Face mirror: the few Hub routes `huggingface_hub.snapshot_download` uses, over
-a real HTTP socket, serving one folder as one repository.
+"""Local stand-ins for the model hubs, over real HTTP sockets, each serving one folder as one
+repository: the Hub routes `huggingface_hub.snapshot_download` uses (HubMirror, for HF_ENDPOINT),
+and the ModelScope routes the `modelscope` package uses (ModelScopeMirror, for
+MODELSCOPE_ENDPOINT).
 
-The Hub itself is unreachable from the test machines; users in China point HF_ENDPOINT at a
-mirror (hf-mirror.com) that answers these same routes. With this server as HF_ENDPOINT, the app's
-real download code runs unchanged: repository info, file tree, then each file (HEAD, then GET),
-sent at `bytes_per_s` so that a test can watch the download's progress.
+Neither hub is reachable from the test machines; users in China point HF_ENDPOINT at a mirror
+(hf-mirror.com) that answers these same routes. With these servers as endpoints, the app's real
+download code and the real client packages run unchanged: repository info, file list, then each
+file, sent at `bytes_per_s` so that a test can watch the download's progress.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class HubMirror:
@@ -97,5 +99,49 @@ class HubMirror:
 
             def do_HEAD(self) -> None:  # noqa: N802
                 self._route(head=True)
+
+        return Handler
+
+
+class ModelScopeMirror(HubMirror):
+    """ModelScope's file listing and file routes (modelscope 1.40 / modelscope_hub 0.5)."""
+
+    def _handler(self):
+        mirror = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, code: int, body: bytes, kind: str = "application/json") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                step = 4096
+                for start in range(0, len(body), step):
+                    self.wfile.write(body[start:start + step])
+                    if mirror.bytes_per_s and kind != "application/json":
+                        time.sleep(step / mirror.bytes_per_s)
+
+            def do_GET(self) -> None:  # noqa: N802
+                url = urlsplit(self.path)
+                path, query = unquote(url.path), parse_qs(url.query)
+                mirror.requests.append(f"{self.command} {path}?{url.query}")
+                base = f"/api/v1/models/{mirror.repo_id}"
+                if path == base + "/repo/files":
+                    files = [{"Path": n, "Name": n, "Type": "blob", "Size": len(d),
+                              "Sha256": hashlib.sha256(d).hexdigest(), "Revision": "master"}
+                             for n, d in mirror.files.items()]
+                    body = {"Code": 200, "Data": {"Files": files}, "Success": True}
+                    return self._send(200, json.dumps(body).encode())
+                name = query.get("FilePath", [""])[0]
+                if path == base + "/repo" and name in mirror.files:
+                    return self._send(200, mirror.files[name], "application/octet-stream")
+                self._send(404, b'{"Code": 404, "Message": "not found", "Success": false}')
+
+            do_HEAD = do_GET
 
         return Handler

@@ -157,3 +157,31 @@ def smollm_gguf() -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return final
+
+
+# The optional `modelscope` package, pinned, with only what the test venv lacks (no other
+# package is shadowed when this folder goes on PYTHONPATH).
+MODELSCOPE_PACKAGES = ["modelscope==1.40.2", "modelscope-hub==0.5.1", "cryptography", "cffi",
+                       "pycparser"]
+
+
+def modelscope_packages() -> Path:
+    """A folder holding the `modelscope` package, installed with pip once (as a user would add
+    it to the app's environment); put it on PYTHONPATH to run the app with ModelScope."""
+    final = cache_root() / "modelscope-packages"
+    if (final / "modelscope" / "__init__.py").is_file():
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix=".modelscope-", dir=cache_root()))
+    try:
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               "--no-deps", "--only-binary=:all:", "--target", str(tmp), *MODELSCOPE_PACKAGES]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+            raise RuntimeError(f"could not install modelscope: `{' '.join(cmd)}` exited "
+                               f"{proc.returncode}:\n{tail}")
+        tmp.chmod(0o755)
+        _publish(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -19,6 +19,7 @@ import re
 import sqlite3
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -248,4 +249,39 @@ def test_a_hub_model_downloads_through_a_mirror_with_progress_then_starts_offlin
     server.restart(ready=True)
     again = gradio_client.Client(server.url, verbose=False).predict(
         owner, final["conversation_id"], "And again, offline", api_name="/chat")
+    assert again["status"] == "complete", again
+
+
+@pytest.mark.slow
+def test_a_modelscope_model_downloads_with_the_optional_package_then_starts_offline(
+        app_servers, tiny_dir, tmp_path):
+    """`model: modelscope:<id>` with the `modelscope` package installed (pip, as the README
+    says): the real package fetches the model from ModelScope's routes (a local stand-in, as
+    modelscope.cn is unreachable here), the app answers, and later starts need no network."""
+    import gradio_client
+
+    from tests.hub_mirror import ModelScopeMirror
+    from tests.models import modelscope_packages
+
+    repo = "Qwen/Qwen2.5-0.5B-Instruct"
+    env = {"PYTHONPATH": str(modelscope_packages()), "QWEN_CHAT_CACHE": str(tmp_path / "cache"),
+           "MODELSCOPE_CACHE": str(tmp_path / "modelscope-home")}
+    with ModelScopeMirror(tiny_dir, repo, bytes_per_s=60_000) as mirror:
+        server = app_servers(model=f"modelscope:{repo}", extra_config={"max_new_tokens": 6},
+                             env={**env, "MODELSCOPE_ENDPOINT": mirror.url})
+        owner = "s" * 32
+        final = gradio_client.Client(server.url, verbose=False).predict(
+            owner, "", "Hello from ModelScope", api_name="/chat")
+    assert final["status"] == "complete" and final["new_tokens"] == 6, final
+    fetched = {r.split("FilePath=")[-1] for r in mirror.requests if "FilePath=" in r}
+    assert fetched == set(mirror.files), mirror.requests
+    assert list((tmp_path / "cache" / "modelscope").rglob("model.safetensors")), \
+        "downloaded into the app's cache folder"
+    assert "Downloading Qwen/Qwen2.5-0.5B-Instruct from ModelScope" in server.log_tail(200)
+    with urllib.request.urlopen(server.url + "v1/models", timeout=10) as response:
+        assert [m["id"] for m in json.load(response)["data"]] == [repo]
+
+    server.restart(ready=True)  # ModelScope is gone: the cached download is used
+    again = gradio_client.Client(server.url, verbose=False).predict(
+        owner, final["conversation_id"], "Again, offline", api_name="/chat")
     assert again["status"] == "complete", again
