@@ -147,7 +147,9 @@ def download(repo_id: str, progress: LoadProgress | None = None) -> Path:
 
 def modelscope_install() -> str:
     """The command that installs the optional `modelscope` package into this app's Python."""
-    return f"{Path(sys.executable).as_posix()} -m pip install modelscope"
+    python = sys.executable
+    quoted = f'"{python}"' if " " in python else python  # a folder such as "Program Files"
+    return f"{quoted} -m pip install modelscope"
 
 
 def modelscope_module():
