@@ -156,6 +156,7 @@ class Engine:
         self._waiting: deque[Generation] = deque()
         self._wake = threading.Condition()
         self._scheduler: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the last scheduler thread started
         self._jobs: deque = deque()  # other model work (warm) for the scheduler's thread
         self._replies: "weakref.WeakSet[Generation]" = weakref.WeakSet()  # not yet finished
         _engines.add(self)
@@ -209,8 +210,8 @@ class Engine:
     def _run_scheduler(self) -> None:
         """Start the scheduler's thread if it is not running (call with self._wake held)."""
         if self._scheduler is None:
-            self._scheduler = threading.Thread(target=self._schedule, name="qwen-chat-engine",
-                                               daemon=True)
+            self._scheduler = self._thread = threading.Thread(
+                target=self._schedule, name="qwen-chat-engine", daemon=True)
             self._scheduler.start()
         self._wake.notify()
 
@@ -396,3 +397,6 @@ def _stop_engines() -> None:
     end every reply first."""
     for engine in list(_engines):
         engine.stop_all()
+        thread = engine._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
