@@ -118,6 +118,9 @@ def wait_in_terminal(engine) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qwen_chat import memory
+
+    memory.one_heap()  # before any other thread starts (see qwen_chat/memory.py)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")

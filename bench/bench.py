@@ -272,7 +272,8 @@ def in_thread(fn, *args):
 
 
 def child(args: argparse.Namespace, app_cache: Path) -> None:
-    """One side alone in a fresh process: load + scenario; report its peak RSS as one JSON line."""
+    """One side alone in a fresh process: load + scenario; report its peak RSS as one JSON line.
+    The engine's process is set up as app.py sets up its own (one heap: qwen_chat/memory.py)."""
     side = in_thread(Baseline, args.cache) if args.child == "baseline" else in_thread(
         AppEngine, args.cache, app_cache)
     if args.child == "first-start":  # only load: quantizes and writes the app's int8 cache
@@ -375,6 +376,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.child in ("engine", "first-start"):
+        from qwen_chat import memory
+
+        memory.one_heap()  # as app.py does first thing
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr] - progress under nohup
     torch.set_num_threads(physical_cores())  # as app.py with `threads: auto`
     with contextlib.suppress(RuntimeError):  # as app.py: no second (inter-op) thread pool

@@ -13,8 +13,6 @@ ends its reply within one step and leaves the others running.
 from __future__ import annotations
 
 import atexit
-import ctypes
-import ctypes.util
 import inspect
 import threading
 import time
@@ -25,25 +23,12 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from . import memory
 from .kvcache import KVCacheStore
 from .reply import Reply, Sampling, Stats, flatten_content, stop_replies  # noqa: F401 - re-exported
 
 DEFAULT_TOP_K = 50  # transformers' default when the model's generation config sets none
 _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
-
-
-def _trimmer():
-    """glibc's malloc_trim, or None elsewhere (macOS, Windows, musl)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-# Replies of different lengths and batch sizes leave the heap fragmented; handing freed memory
-# back to the system whenever the engine goes idle keeps resident memory flat (tests/test_soak.py).
-_malloc_trim = _trimmer()
 
 
 class Generation(Reply):
@@ -304,8 +289,7 @@ class Engine:
                 jobs = list(self._jobs)
                 self._jobs.clear()
                 if not jobs and not self._waiting and not busy:
-                    if _malloc_trim is not None:
-                        _malloc_trim(0)  # idle: return freed memory to the system
+                    memory.trim()  # idle: return freed memory to the system
                     self._scheduler = None
                     return None
             for job in jobs:

@@ -17,6 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
+from . import memory
 from .errors import ModelLoadError
 from .loading import LoadProgress
 
@@ -289,4 +290,5 @@ def load(source: str, *, cache_dir: Path, precision: str = "fp32",
     model.precision = used
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The model in {folder} has no chat template: use an instruct model.")
+    memory.trim()  # loading's temporaries, freed in this thread's heap (see memory.py)
     return model, tokenizer
