@@ -243,7 +243,7 @@ def cpu_seconds() -> tuple[float, float, float]:
     """(busy, total) CPU seconds of the whole machine (/proc/stat) and this process's own."""
     ticks = [int(x) / os.sysconf("SC_CLK_TCK")
              for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(ticks) - ticks[3] - ticks[4], sum(ticks), sum(os.times()[:2])  # minus idle, iowait
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks), sum(os.times()[:4])  # minus idle, iowait
 
 
 def in_thread(fn, *args):
@@ -280,10 +280,15 @@ def child(args: argparse.Namespace, app_cache: Path) -> None:
         print("CHILD_JSON " + json.dumps({"load_s": side.load_s, "peak": peak_rss()}), flush=True)
         return
     warm_up(side)
-    converse([side], args.turns, args.new_tokens, verbose=False)
+    rows = converse([side], args.turns, args.new_tokens, verbose=False)[side.name]
+    long = None
     if not args.skip_long:
-        long_case([side], long_prompt(AutoTokenizer.from_pretrained(args.cache)), args.long_tokens)
-    print("CHILD_JSON " + json.dumps({"load_s": side.load_s, "peak": peak_rss()}), flush=True)
+        long = long_case([side], long_prompt(AutoTokenizer.from_pretrained(args.cache)),
+                         args.long_tokens)[side.name]
+    print("CHILD_JSON " + json.dumps({
+        "load_s": side.load_s, "peak": peak_rss(), "turns": [asdict(t) for t in rows],
+        "long": asdict(long) if long else None,
+        "features": getattr(side, "features", None)}), flush=True)
 
 
 def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -401,25 +406,34 @@ def main() -> None:
     # the "engine" child then measures a normal start, as every start after the first is.
     if not args.skip_memory:
         shutil.rmtree(app_cache, ignore_errors=True)
+    cpu_start = cpu_seconds()
     memory = {} if args.skip_memory else {
         n: run_child(n, args) for n in ("first-start", "baseline", "engine")}
-
-    import transformers.models.qwen2.modeling_qwen2  # noqa: F401 - imports are not load time
-    from qwen_chat import engine, loader  # noqa: F401
-    print("Loading both sides in this process ...", flush=True)
-    cpu_start = cpu_seconds()
-    baseline, app = in_thread(Baseline, args.cache), in_thread(AppEngine, args.cache, app_cache)
-    print(f"Engine: {app.features}", flush=True)
-    sides: list[Side] = [baseline, app]
-    for side in sides:
-        warm_up(side)
-    print(f"Conversation: {args.turns} turns x {args.new_tokens} new tokens", flush=True)
-    rows = converse(sides, args.turns, args.new_tokens, verbose=True)
-    long = {}
-    if not args.skip_long:
-        print(f"Long prompt ({len(tok(text)['input_ids'])} tokens of text) ...", flush=True)
-        long = long_case(sides, text, args.long_tokens)
-    load = {s.name: s.load_s for s in sides}
+    if memory:
+        # Each side ran the whole scenario alone in a process of its own, as in a real app:
+        # in one process, a thread pool of one side slows the other (see in_thread).
+        rows = {n: [Turn(**t) for t in memory[n]["turns"]] for n in ("baseline", "engine")}
+        long = {} if args.skip_long else {n: Turn(**memory[n]["long"])
+                                          for n in ("baseline", "engine")}
+        load = {n: memory[n]["load_s"] for n in ("baseline", "engine")}
+        features = memory["engine"]["features"]
+    else:  # --skip-memory: both sides in this process, turns interleaved (see bench/README.md)
+        import transformers.models.qwen2.modeling_qwen2  # noqa: F401 - imports are not load time
+        from qwen_chat import engine, loader  # noqa: F401
+        print("Loading both sides in this process ...", flush=True)
+        baseline, app = in_thread(Baseline, args.cache), in_thread(AppEngine, args.cache, app_cache)
+        features = app.features
+        sides: list[Side] = [baseline, app]
+        for side in sides:
+            warm_up(side)
+        print(f"Conversation: {args.turns} turns x {args.new_tokens} new tokens", flush=True)
+        rows = converse(sides, args.turns, args.new_tokens, verbose=True)
+        long = {}
+        if not args.skip_long:
+            print(f"Long prompt ({len(tok(text)['input_ids'])} tokens of text) ...", flush=True)
+            long = long_case(sides, text, args.long_tokens)
+        load = {s.name: s.load_s for s in sides}
+    print(f"Engine: {features}", flush=True)
     busy, total, mine = (b - a for a, b in zip(cpu_start, cpu_seconds()))
     others = max(0.0, busy - mine) / total  # share of the machine's CPU used by other processes
     print(f"\nOther processes used {others:.0%} of the machine's CPU during the timed part."
@@ -429,7 +443,7 @@ def main() -> None:
     out = Path(__file__).resolve().parent / "output" / "bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": {**machine_info(), "others_cpu_share_during_timing": others},
-              "engine_features": app.features,
+              "engine_features": features,
               "settings": {"turns": args.turns, "new_tokens": args.new_tokens,
                            "long_new_tokens": args.long_tokens, "model_folder": str(args.cache),
                            "user_turn_tokens": counts},

@@ -141,7 +141,6 @@ class Engine:
         self._waiting: deque[Generation] = deque()
         self._wake = threading.Condition()
         self._scheduler: threading.Thread | None = None
-        self._thread: threading.Thread | None = None  # the last scheduler thread started
         self._jobs: deque = deque()  # other model work (warm) for the scheduler's thread
         self._replies: "weakref.WeakSet[Generation]" = weakref.WeakSet()  # not yet finished
         _engines.add(self)
@@ -195,8 +194,8 @@ class Engine:
     def _run_scheduler(self) -> None:
         """Start the scheduler's thread if it is not running (call with self._wake held)."""
         if self._scheduler is None:
-            self._scheduler = self._thread = threading.Thread(
-                target=self._schedule, name="qwen-chat-engine", daemon=True)
+            self._scheduler = threading.Thread(target=self._schedule, name="qwen-chat-engine",
+                                               daemon=True)
             self._scheduler.start()
         self._wake.notify()
 
@@ -253,8 +252,6 @@ class Engine:
         batch: _Batch | None = None
         while True:
             admitted = self._admit(len(running))
-            if admitted is None:
-                return  # idle: this thread and its OpenMP pool end (see above)
             try:
                 running += [g for g in admitted if self._prefill(g)]
                 ended = [g for g in running if g.cancel.is_set() or self._over(g)]
@@ -280,18 +277,18 @@ class Engine:
                     g.finish(exc)
                 running, batch = [], None
 
-    def _admit(self, busy: int) -> list[Generation] | None:
-        """Replies to start now, first come first served, as room allows; None when the engine
-        is idle (the scheduler's thread then ends). Other jobs (warm) run here first.
-        A reply stopped while it waited ends here, never started."""
+    def _admit(self, busy: int) -> list[Generation]:
+        """Replies to start now, first come first served, as room allows; waits while idle.
+        Other jobs (warm) run here first. A reply stopped while it waited ends here, never
+        started."""
         while True:
             with self._wake:
+                if not self._jobs and not self._waiting and not busy:
+                    memory.trim()  # idle: return freed memory to the system
+                while not self._jobs and not self._waiting and not busy:
+                    self._wake.wait()
                 jobs = list(self._jobs)
                 self._jobs.clear()
-                if not jobs and not self._waiting and not busy:
-                    memory.trim()  # idle: return freed memory to the system
-                    self._scheduler = None
-                    return None
             for job in jobs:
                 job()
             if not jobs:
@@ -381,6 +378,3 @@ def _stop_engines() -> None:
     end every reply first."""
     for engine in list(_engines):
         engine.stop_all()
-        thread = engine._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(5.0)
