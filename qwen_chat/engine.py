@@ -241,11 +241,13 @@ class Engine:
             replies = list(self._replies)
         stop_replies(replies, timeout)
 
-    # The scheduler: everything below runs on its one thread. The thread ends whenever the
-    # engine is idle and a new one starts with the next reply: each thread that runs torch
-    # work keeps an OpenMP thread pool while it lives, and with more pooled threads than cores
-    # libgomp stops spinning between parallel regions, which made every decode step about a
-    # third slower (measured: 25 vs 38-46 ms per step when another thread's pool was alive).
+    # The scheduler: everything below runs on its one thread, all model work included (warm
+    # too). Each thread that runs torch work keeps an OpenMP thread pool while it lives, and
+    # with more pooled threads than cores libgomp stops spinning between parallel regions,
+    # which makes every decode step about a third slower (measured: 25 vs 38-46 ms per token
+    # when another thread's pool was alive). So no other thread of the app computes: app.py
+    # loads the model in a thread that ends, and its main thread only serves. (A thread that
+    # ended whenever idle made the process abort at exit 1 time in 6: it stays.)
 
     def _schedule(self) -> None:
         running: list[Generation] = []

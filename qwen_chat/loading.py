@@ -137,15 +137,12 @@ class LoadingEngine:
         self.progress = progress or LoadProgress()
         self._engine = None
         self._done = threading.Event()
-        self.started = time.perf_counter()
-        self.load_seconds: float | None = None
         threading.Thread(target=self._load, args=(build,), daemon=True,
                          name="qwen-chat-load").start()
 
     def _load(self, build) -> None:
         try:
             self._engine = build(self.progress)
-            self.load_seconds = time.perf_counter() - self.started
             self.progress.ready()
         except Exception as exc:  # noqa: BLE001 - every failure is shown to the user as it is
             self.progress.failed(str(exc) or type(exc).__name__)
@@ -170,10 +167,6 @@ class LoadingEngine:
             raise ModelNotLoaded(self.error or "The model could not be loaded.")
         return self._engine
 
-    def engine(self):
-        """The real engine, waiting for it as long as it takes."""
-        return self.wait()
-
     # The engine's surface. Before the model is ready: what is known, or wait for it ----------
     @property
     def precision(self) -> str:
@@ -189,16 +182,16 @@ class LoadingEngine:
 
     @property
     def context_length(self) -> int:
-        return self.engine().context_length
+        return self.wait().context_length
 
     def count_tokens(self, messages) -> int:
-        return self.engine().count_tokens(messages)
+        return self.wait().count_tokens(messages)
 
     def generate(self, *args, **kwargs):
-        return self.engine().generate(*args, **kwargs)
+        return self.wait().generate(*args, **kwargs)
 
     def warm(self, messages) -> None:
-        self.engine().warm(messages)
+        self.wait().warm(messages)
 
     def forget(self, cache_key: str) -> None:
         if self._engine is not None:
