@@ -89,7 +89,7 @@ class Baseline:
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         self.load_s = time.perf_counter() - started
 
-    def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[str, Turn]:
+    def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[dict, Turn]:
         started = time.perf_counter()
         inputs = self.tok.apply_chat_template(messages, add_generation_prompt=True,
                                               return_dict=True, return_tensors="pt")
@@ -113,7 +113,8 @@ class Baseline:
             raise errors[0]
         t = streamer.times
         ms = (t[-1] - t[0]) / (len(t) - 1) * 1000 if len(t) > 1 else None
-        return text, Turn(int(inputs["input_ids"].shape[-1]), len(t), t[0] - started, ms)
+        return ({"role": "assistant", "content": text},
+                Turn(int(inputs["input_ids"].shape[-1]), len(t), t[0] - started, ms))
 
 
 class AppEngine:
@@ -150,7 +151,9 @@ class AppEngine:
                          "quantized_cache_before_load": cached,
                          "system_prompt_tokens_prefilled_at_start": self.warmed}
 
-    def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[str, Turn]:
+    def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[dict, Turn]:
+        """The reply as the app stores it for the next turn: its text, and its token ids when
+        this engine gives them (ChatService passes them back; Engine.prompt_ids)."""
         from qwen_chat.engine import Sampling
 
         sampling = Sampling(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0)
@@ -160,7 +163,10 @@ class AppEngine:
         call_s = time.perf_counter() - started  # templating + tokenizing happen before Stats' clock
         text, s = "".join(gen), gen.stats
         ms = 1000 / s.tokens_per_s if s.tokens_per_s else None
-        return text, Turn(s.prompt_tokens, s.new_tokens, call_s + (s.ttft or float("nan")), ms,
+        message = {"role": "assistant", "content": text}
+        if getattr(gen, "token_ids", None):
+            message["token_ids"] = gen.token_ids
+        return message, Turn(s.prompt_tokens, s.new_tokens, call_s + (s.ttft or float("nan")), ms,
                           getattr(s, "cached_tokens", None), call_s)
 
 
@@ -207,8 +213,8 @@ def converse(sides: list[Side], turns: int, new_tokens: int,
     for k in range(turns):
         for side in sides:
             history[side.name].append({"role": "user", "content": MESSAGES[k % len(MESSAGES)]})
-            text, turn = side.reply(history[side.name], new_tokens, "bench-conv")
-            history[side.name].append({"role": "assistant", "content": text})
+            reply, turn = side.reply(history[side.name], new_tokens, "bench-conv")
+            history[side.name].append(reply)
             rows[side.name].append(turn)
             if turn.new_tokens != new_tokens:
                 print(f"WARNING: {side.name} turn {k + 1} generated {turn.new_tokens} tokens, "

@@ -7,6 +7,7 @@ streams (at least once a second), and once more when it ends, however it ends: c
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -241,6 +242,9 @@ class ChatService:
         if not config.enable_history:
             stored = [m for m in stored if m.role == "user"][-1:]
         messages = [{"role": m.role, "content": m.content} for m in stored]
+        for message, m in zip(messages, stored):
+            if m.role == "assistant" and m.token_ids:
+                message["token_ids"] = m.token_ids  # the model's own ids for its own words
         if config.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": config.system_prompt})
         return messages
@@ -337,10 +341,12 @@ class ChatService:
                 self.last_stats = stats
             if status == STREAMING:  # an unexpected exception is on its way up
                 status, error = ERROR, "unexpected error, see the terminal"
+            token_ids = generation.token_ids if generation is not None else None
             self.store.update_message(
                 reply.id, content="".join(parts), status=status, error=error,
                 prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
-                ttft=stats.ttft, tokens_per_s=stats.tokens_per_s, dropped=dropped)
+                ttft=stats.ttft, tokens_per_s=stats.tokens_per_s, dropped=dropped,
+                tokens=json.dumps(token_ids) if token_ids else None)
             if self._warmed is not None:  # warming is on: re-warm a hot-reloaded system prompt
                 self.warm()
         yield ReplyUpdate(conversation, reply.id, "".join(parts), status, stats, error, notice)

@@ -58,6 +58,7 @@ class Reply:
     pieces ("" while waiting); `cancel` or close() ends it; `stats` fill in as it streams."""
 
     finish_reason = "stop"  # or "length": cut at max_new_tokens
+    token_ids: list[int] | None = None  # the reply's tokens as generated, when they are known
 
     def __init__(self, prompt_tokens: int):
         self.cancel = threading.Event()

@@ -9,6 +9,7 @@ another process (a backup, sqlite3 CLI) from blocking us.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 import sqlite3
@@ -65,6 +66,12 @@ def m003_dropped_history(db: sqlite_utils.Database) -> None:
     db.table("messages").add_column("dropped", int)
 
 
+@migrations()
+def m004_reply_tokens(db: sqlite_utils.Database) -> None:
+    """A reply's token ids as generated (JSON), so that later prompts reuse them exactly."""
+    db.table("messages").add_column("tokens", str)
+
+
 @dataclass(frozen=True)
 class Conversation:
     id: str
@@ -89,6 +96,11 @@ class Message:
     ttft: float | None = None
     tokens_per_s: float | None = None
     dropped: int | None = None  # replies: oldest messages left out of the prompt (context limit)
+    tokens: str | None = None  # replies: the token ids generated, as JSON (see Engine.prompt_ids)
+
+    @property
+    def token_ids(self) -> list[int] | None:
+        return json.loads(self.tokens) if self.tokens else None
 
 
 def _row_to(cls, row: dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -151,6 +152,38 @@ def test_retry_replaces_the_last_reply(setup):
     messages = service.messages(OWNER, cid)
     assert [m.role for m in messages] == ["user", "assistant"]
     assert messages[1].id == retried.message_id
+
+
+def test_a_reply_is_stored_with_its_token_ids_and_a_restart_gives_the_same_replies(
+        setup, tmp_path, tiny_model):
+    service, config_path = setup
+    # A penalty makes the tiny model's gibberish vary, and its text re-tokenize to other ids.
+    write_config(config_path, CONFIG.format(n=12).replace("repetition_penalty: 1.0",
+                                                         "repetition_penalty: 2.0"))
+    first = list(service.send(OWNER, None, "Hello! 你好"))[-1]
+    conv = first.conversation
+    reply = rows(service, conv.id)[1]
+    ids = json.loads(reply["tokens"])
+    tokenizer = service.engine.tokenizer
+    assert len(ids) == 12 and tokenizer.decode(ids) == reply["content"]
+    assert tokenizer(reply["content"], add_special_tokens=False)["input_ids"] != ids
+
+    # The next turn reuses the cached prompt and reply whole (its last token was never cached).
+    second = list(service.send(OWNER, conv.id, "And then?"))[-1]
+    assert second.stats.cached_tokens >= first.stats.prompt_tokens + len(ids) - 1
+    retried = list(service.retry(OWNER, conv.id))[-1]
+    assert retried.stats.cached_tokens == second.stats.prompt_tokens - 1
+
+    # A restart: an empty cache, the stored ids. The reply is the one the cache gave (greedy).
+    service.store.close()
+    store = Store(tmp_path / "chat.db")
+    restarted = ChatService(store, Engine(*tiny_model),
+                            ConfigWatcher(config_path, load_config(config_path)))
+    again = list(restarted.retry(OWNER, conv.id))[-1]
+    assert again.stats.cached_tokens == 0
+    assert (again.text, again.stats.prompt_tokens) == (retried.text, retried.stats.prompt_tokens)
+    store.close()
+    service.store = Store(tmp_path / "chat.db")  # for the fixture's teardown
 
 
 def test_conversations_belong_to_one_browser(setup):

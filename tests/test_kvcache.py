@@ -27,7 +27,8 @@ class Pair:
         self.cached: list[int] = []
         self.prompts: list[int] = []
 
-    def reply(self, messages: list[dict], key: str) -> str:
+    def reply(self, messages: list[dict], key: str) -> dict:
+        """The reply as the app keeps it for the next turn: its text and its token ids."""
         generation = self.reuse.generate(messages, self.sampling, cache_key=key)
         text = "".join(generation)
         expected = "".join(self.plain.generate(messages, self.sampling))
@@ -35,16 +36,18 @@ class Pair:
         assert generation.stats.prompt_tokens == self.reuse.prompt_ids(messages).shape[1]
         self.cached.append(generation.stats.cached_tokens)
         self.prompts.append(generation.stats.prompt_tokens)
-        return text
+        return {"role": "assistant", "content": text, "token_ids": generation.token_ids}
 
     def restart(self):
         self.reuse = Engine(self.reuse.model, self.reuse.tokenizer, kv_cache_mb=256)
 
 
-def chat(system: str, turns: list[tuple[str, str]], question: str) -> list[dict]:
+def chat(system: str, turns: list[tuple[str, str | dict]], question: str) -> list[dict]:
+    """Messages of a conversation; a reply is its text, or a message with its token ids."""
     messages = [{"role": "system", "content": system}] if system else []
-    for user, assistant in turns:
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    for user, reply in turns:
+        messages += [{"role": "user", "content": user},
+                     reply if isinstance(reply, dict) else {"role": "assistant", "content": reply}]
     return messages + [{"role": "user", "content": question}]
 
 
@@ -57,6 +60,10 @@ def test_reuse_matches_full_prefill_through_every_event(tiny_model):
     for q in ("Hello! 你好", "What is the capital of France?", "Tell me more, please."):
         a.append((q, pair.reply(chat(system, a, q), "A")))
     assert pair.cached[-1] > 0 and pair.cached[0] == 0  # turn 1 prefills all, later turns reuse
+
+    # The next turn reuses the whole previous prompt and reply (all but its last token, whose
+    # keys were never computed), whether or not the reply's text re-tokenizes to its ids.
+    assert pair.cached[-1] >= pair.prompts[-2] + len(a[-2][1]["token_ids"]) - 1
 
     # Two conversations alternating: each keeps its own cache.
     b.append(("Other chat 另一个", pair.reply(chat(system, b, "Other chat 另一个"), "B")))
@@ -77,6 +84,7 @@ def test_reuse_matches_full_prefill_through_every_event(tiny_model):
 
     # An earlier message edited: reuse stops where the prompts part.
     a[1] = ("What is the capital of Italy?", a[1][1])
+    a[2] = (a[2][0], {**a[2][1], "content": a[2][1]["content"] + " (edited)"})  # ids stale now
     a.append(("Edited", pair.reply(chat(system, a, "Edited"), "A")))
 
     # History switched off (only the last message), then on again.
@@ -106,13 +114,38 @@ def test_reuse_matches_full_prefill_on_a_real_model(smollm):
     turns: list[tuple[str, str]] = []
     for q in ("What is the capital of France?", "And of Germany?", "用一句话介绍一下北京。"):
         turns.append((q, pair.reply(chat("", turns, q), "conv")))
-    assert "Paris" in turns[0][1]
-    # A real model's reply re-tokenizes to the tokens it generated: each turn reuses the whole
-    # previous prompt and reply, and prefills only the new user turn (plus the template).
+    assert "Paris" in turns[0][1]["content"]
+    # Each turn reuses the whole previous prompt and reply, and prefills only the new user turn
+    # (plus the template).
     for k in (1, 2):
         assert pair.cached[k] >= pair.prompts[k - 1]
         question_tokens = len(pair.reuse.tokenizer(turns[k][0])["input_ids"])
         assert pair.prompts[k] - pair.cached[k] <= question_tokens + 12
+
+
+def test_a_reply_keeps_the_ids_it_was_generated_as(tiny_model):
+    """Re-tokenizing a reply's text can give other ids than the model generated (a "\n\n"
+    generated as two tokens, one token when re-tokenized); the prompt then keeps the model's."""
+    engine = Engine(*tiny_model)
+    tok = engine.tokenizer
+    text = "Hello! 你好\n\nParis."
+    canonical = tok(text, add_special_tokens=False)["input_ids"]
+    one_by_one = [i for ch in text for i in tok(ch, add_special_tokens=False)["input_ids"]]
+    assert one_by_one != canonical and tok.decode(one_by_one) == text
+    reply = {"role": "assistant", "content": text, "token_ids": one_by_one}
+    messages = chat("Be brief.", [("Hi", reply)], "And then?")
+    ids = engine.prompt_ids(messages)[0].tolist()
+    as_text = engine.prompt_ids(chat("Be brief.", [("Hi", text)], "And then?"))[0].tolist()
+    start = next(i for i in range(len(ids)) if ids[i:i + len(one_by_one)] == one_by_one)
+    assert ids[:start] == as_text[:start]  # the same template and user turn around it
+    assert ids[start + len(one_by_one):] == as_text[start + len(canonical):]
+    assert tok.decode(ids) == tok.decode(as_text)
+
+    # Ids that no longer spell the text (an edited reply) are ignored: the text is tokenized.
+    stale = {**reply, "content": text + " (edited)"}
+    edited = chat("Be brief.", [("Hi", stale)], "And then?")
+    assert engine.prompt_ids(edited)[0].tolist() == engine.prompt_ids(
+        chat("Be brief.", [("Hi", text + " (edited)")], "And then?"))[0].tolist()
 
 
 def test_the_store_evicts_the_least_recently_used_beyond_its_budget(tiny_model):

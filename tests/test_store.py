@@ -100,8 +100,10 @@ def test_migrations_upgrade_an_old_schema_and_keep_its_rows(tmp_path):
     [message] = store.messages(ALICE, "c1")
     assert (message.content, message.status, message.updated_at) == ("from v1", "complete", 1.5)
     assert message.dropped is None  # m003: no history was ever left out of its prompt
+    assert message.token_ids is None  # m004: its tokens were never stored
     applied = [m.name for m in migrations.applied(store.db)]
-    assert applied == ["m001_initial", "m002_reply_status_and_figures", "m003_dropped_history"]
+    assert applied == ["m001_initial", "m002_reply_status_and_figures", "m003_dropped_history",
+                       "m004_reply_tokens"]
     store.close()
     Store(path).close()  # a second open applies nothing twice
 
