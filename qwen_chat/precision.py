@@ -15,8 +15,12 @@ agreement fell to 81.9% (KL 0.127 nats); W8A8 on lm_head alone already cost 3 po
 Pitfalls handled here:
 * ``_weight_int8pack_mm`` is only fast with bf16 activations (fp32 input takes a ~10x slower path),
   so each int8 layer casts its input to bf16 and its output back to float32.
-* For prompts beyond ``PREFILL_ROWS`` rows (longer than any size measured) we dequantize into a
-  reused scratch buffer and use fp32 sgemm; below it the int8 kernel is the faster of the two.
+* For prompts of ``PREFILL_ROWS`` rows or more we dequantize into a reused scratch buffer and use
+  fp32 sgemm; below it the int8 kernel is the faster of the two. Where that crossover lies depends
+  on the CPU (Qwen2.5-0.5B's layer shapes): with AVX-512 the int8 kernel won at every size
+  measured, up to 2,048 rows; with AVX2 only (measured here by restricting every library to it:
+  ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``) sgemm wins from
+  about 200 rows: a 4864 x 896 layer over 512 rows took 34 ms vs 45 ms, over 128 rows 12.8 vs 11.8.
 * It silently returns wrong results (or crashes) when in_features is not a multiple of 8: such
   layers stay float32.
 * The lm_head (vocab x hidden, the biggest matmul at decode) is tied to the embedding: both now
@@ -38,11 +42,11 @@ from .config import PRECISIONS  # one list: config.yaml is checked against it to
 
 AUTO_CPU = "int8"  # the measured winner on CPU (see the module docstring)
 CODE_VERSION = 2  # bump when the int8 format or quantization recipe changes (invalidates caches)
-# From this many rows on, dequantize + fp32 sgemm instead of the int8 kernel. Measured with one
-# OpenMP pool (see engine.py), Qwen2.5-0.5B shape: the int8 kernel is faster at every prompt size
-# measured, 43 rows 136 vs 414 ms, 128: 413 vs 760, 1,024: 3.96 vs 5.15 s, 2,048: 8.4 vs 10.9 s.
-# (An earlier measurement, under a throttled pool, had put the crossover at 128.)
-PREFILL_ROWS = 4096
+# From this many rows on, dequantize + fp32 sgemm instead of the int8 kernel (see above). Measured
+# with AVX-512 and one OpenMP pool (see engine.py): 43 rows 136 vs 414 ms for the whole model, 128:
+# 413 vs 760, 1,024: 3.96 vs 5.15 s, 2,048: 8.4 vs 10.9 s.
+# Not measured on ARM (Apple silicon): it gets AVX2's crossover.
+PREFILL_ROWS = 4096 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 256
 SCRATCH_MAX = 16 * 1024 * 1024  # biggest layer (elements) dequantized on prefill; lm_head never is
 CLIP_CANDIDATES = (1.0, 0.97, 0.94, 0.9, 0.85, 0.8)  # fractions of a row's absmax tried as its range
 _CHUNK_ROWS = 8192  # rows quantized at a time: bounds the temporaries for the 151936-row lm_head
@@ -53,7 +57,8 @@ def _scratch_buffer(numel: int) -> torch.Tensor:
     """Per-thread float32 buffer reused by every layer's dequantization (avoids page faults)."""
     buf = getattr(_scratch, "buf", None)
     if buf is None or buf.numel() < numel:
-        buf = _scratch.buf = torch.empty(numel, dtype=torch.float32)
+        with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+            buf = _scratch.buf = torch.empty(numel, dtype=torch.float32)
     return buf[:numel]
 
 

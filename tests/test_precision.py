@@ -54,8 +54,9 @@ def test_quantize_rows_round_trip():
     assert (q[3] == 0).all()
 
 
-@pytest.mark.parametrize("rows", [1, 3, precision.PREFILL_ROWS + 5])  # decode and prefill paths
-def test_int8_linear_matches_float(rows):
+@pytest.mark.parametrize("rows", [1, 3, 300])  # decode, and a prompt past the crossover
+def test_int8_linear_matches_float(rows, monkeypatch):
+    monkeypatch.setattr(precision, "PREFILL_ROWS", 256)  # AVX2's: sgemm from 256 rows on
     lin = torch.nn.Linear(64, 40)
     q = Int8Linear.from_linear(lin)
     x = torch.randn(2, rows, 64)
