@@ -139,6 +139,7 @@ class Engine:
         self.lock = threading.Lock()  # held during each forward pass (warm() takes it too)
         self.kv = KVCacheStore(kv_cache_mb)
         self.eos_token_ids = self._eos_ids()
+        self.turn_gap = self._turn_gap_ids()
         self.top_k = getattr(model.generation_config, "top_k", None) or DEFAULT_TOP_K
         self.step_sizes: Counter[int] = Counter()  # decode steps run, by number of replies
         # transformers renamed forward()'s `past_key_values` to `cache` (5.2x; the old name goes
@@ -167,6 +168,20 @@ class Engine:
         if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
             ids.append(im_end)
         return sorted({i for i in ids if isinstance(i, int)})
+
+    def _turn_gap_ids(self) -> list[int]:
+        """The template's tokens between a reply's last word and the next user message's first
+        ("<|im_end|>\n<|im_start|>user\n" for ChatML). Known before the user writes: they are
+        prefilled when a reply ends (see _end), while the user reads and types."""
+        reply, question = "\ue000", "\ue001"
+        try:
+            text = self._template([{"role": "user", "content": "?"},
+                                   {"role": "assistant", "content": reply},
+                                   {"role": "user", "content": question}])
+        except Exception:  # noqa: BLE001 - a template that refuses this shape: no head start
+            return []
+        gap = text.partition(reply)[2].partition(question)[0]
+        return self.tokenizer(gap, add_special_tokens=False)["input_ids"] if gap else []
 
     @property
     def precision(self) -> str:
@@ -348,12 +363,28 @@ class Engine:
                                    or len(g.tokens) >= g.sampling.max_new_tokens)
 
     def _end(self, g: Generation) -> None:
-        """Keep the reply's cache for its conversation's next turn, then release the reply."""
-        if g.cache_key and g.cache is not None:
-            sequence = torch.cat([g.input_ids, torch.tensor(g.tokens, dtype=torch.long)])
-            self.kv.put(g.cache_key, sequence, g.cache)
-        g.cache = None
+        """Keep the reply's cache for its conversation's next turn, extended by the template's
+        tokens that start that turn, then release the reply. The next turn then prefills only
+        the user's words, as a first turn does after warm(). The text is all shown first; the
+        extension (a few tokens, tens of ms) only delays the end of the reply's stream."""
+        cache, g.cache = g.cache, None
+        if g.cache_key and cache is not None and self.kv.budget > 0:
+            g._emit(final=True)
+            self._keep(g, cache)
         g.finish()
+
+    def _keep(self, g: Generation, cache: DynamicCache) -> None:
+        cached = g.length  # the prompt and all the reply but its last token
+        sequence = torch.cat([g.input_ids, torch.tensor(g.token_ids + self.turn_gap, dtype=torch.long)])
+        try:
+            if self.turn_gap and len(sequence) > cached:
+                with self.lock, torch.inference_mode():
+                    self._forward(cache, input_ids=sequence[cached:][None], logits_to_keep=1)
+        except Exception:  # noqa: BLE001 - only a head start lost: keep the reply's own cache
+            sequence = torch.cat([g.input_ids, torch.tensor(g.tokens, dtype=torch.long)])
+            if cache.get_seq_length() != cached:
+                return  # the failed pass left the cache half-extended: drop it
+        self.kv.put(g.cache_key, sequence, cache)
 
     def _prefill(self, g: Generation) -> bool:
         """Process the prompt (only its uncached tail) and sample the first token."""

@@ -189,6 +189,10 @@ def test_a_warmed_system_prompt_starts_every_new_chat_and_changes_nothing(tiny_m
     assert pair.cached[-1] == pair.cached[0]
     pair.reply(chat(system, [("Hello! 你好", first)], "And then?"), "A")  # its own cache now
     assert pair.cached[-1] > warmed
+    # When a reply ends, the template's start of the next user turn is prefilled at once: a
+    # later turn then prefills as few tokens as a new chat's first turn with the same words.
+    pair.reply(chat(system, [], "And then?"), "E")
+    assert pair.prompts[-2] - pair.cached[-2] == pair.prompts[-1] - pair.cached[-1] > 0
 
     # A new system prompt (hot reload) shares only the template's first tokens: still exact.
     pair.reply(chat("Answer in French.", [], "Hello!"), "C")
