@@ -264,6 +264,7 @@ def load(source: str, *, cache_dir: Path, precision: str = "fp32",
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import attention
     from . import precision as precisions
 
     progress = progress or LoadProgress()
@@ -288,6 +289,7 @@ def load(source: str, *, cache_dir: Path, precision: str = "fp32",
     except Exception as exc:  # noqa: BLE001 - the user needs the folder and the reason
         raise ModelLoadError(f"Could not load the model from {folder}: {exc}") from exc
     model.precision = used
+    attention.use(model)
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The model in {folder} has no chat template: use an instruct model.")
     memory.trim()  # loading's temporaries, freed in this thread's heap (see memory.py)

@@ -1,0 +1,34 @@
+"""The decode attention (qwen_chat/attention.py) gives what transformers' SDPA attention gives."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from qwen_chat import attention
+
+
+@pytest.mark.parametrize("tokens", [1, 5])  # a decode step (packed), a prompt (delegated)
+@pytest.mark.parametrize("masked", [False, True])  # one reply, or a padded batch
+def test_packed_attention_equals_transformers_sdpa(tokens, masked):
+    torch.manual_seed(0)
+    module = types.SimpleNamespace(num_key_value_groups=7, is_causal=True, training=False)
+    batch, context = 2, 40
+    query = torch.randn(batch, 14, tokens, 64)
+    key, value = torch.randn(batch, 2, context, 64), torch.randn(batch, 2, context, 64)
+    mask = None
+    if masked:  # left padding in row 0, causal over the new tokens
+        mask = torch.ones(batch, 1, tokens, context, dtype=torch.bool).tril(context - tokens)
+        mask[0, :, :, :3] = False
+    ours, _ = attention.attention(module, query, key, value, mask, scaling=0.125)
+    theirs, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.125)
+    assert ours.shape == theirs.shape == (batch, tokens, 14, 64)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_loaded_models_attend_with_it(tiny_model):
+    model, _ = tiny_model
+    assert model.config._attn_implementation == attention.NAME
