@@ -72,11 +72,13 @@ def _log_probs(model, seq: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """Next-token log-probs after the prompt and after each reply token (prefill, then decode)."""
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
-    out = model(seq[:, :prompt_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    from qwen_chat.engine import cache_arg
+
+    cache, arg = DynamicCache(config=model.config), cache_arg(model)
+    out = model(seq[:, :prompt_len], **{arg: cache}, use_cache=True, logits_to_keep=1)
     rows = [out.logits[0, -1]]
     for pos in range(prompt_len, seq.shape[1] - 1):
-        out = model(seq[:, pos:pos + 1], past_key_values=cache, use_cache=True)
+        out = model(seq[:, pos:pos + 1], **{arg: cache}, use_cache=True)
         rows.append(out.logits[0, -1])
     return F.log_softmax(torch.stack(rows).float(), dim=-1)
 

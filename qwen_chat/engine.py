@@ -31,6 +31,12 @@ DEFAULT_TOP_K = 50  # transformers' default when the model's generation config s
 _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
+def cache_arg(model) -> str:
+    """The name under which `model.forward` takes a KV cache: transformers renamed
+    `past_key_values` to `cache` (5.2x; the old name goes in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class Generation(Reply):
     """One reply of this engine."""
 
@@ -142,10 +148,7 @@ class Engine:
         self.turn_gap = self._turn_gap_ids()
         self.top_k = getattr(model.generation_config, "top_k", None) or DEFAULT_TOP_K
         self.step_sizes: Counter[int] = Counter()  # decode steps run, by number of replies
-        # transformers renamed forward()'s `past_key_values` to `cache` (5.2x; the old name goes
-        # in 5.40): pass the KV cache under the name this version's model takes.
-        self._cache_arg = ("cache" if "cache" in inspect.signature(model.forward).parameters
-                           else "past_key_values")
+        self._cache_arg = cache_arg(model)
         self._waiting: deque[Generation] = deque()
         self._wake = threading.Condition()
         self._scheduler: threading.Thread | None = None

@@ -100,7 +100,12 @@ class Message:
 
     @property
     def token_ids(self) -> list[int] | None:
-        return json.loads(self.tokens) if self.tokens else None
+        """The reply's token ids, or None (not stored, or unreadable: its text is used then)."""
+        try:
+            ids = json.loads(self.tokens) if self.tokens else None
+        except ValueError:
+            return None
+        return ids if isinstance(ids, list) and all(isinstance(i, int) for i in ids) else None
 
 
 def _row_to(cls, row: dict):

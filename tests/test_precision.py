@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from qwen_chat import precision
+from qwen_chat.engine import cache_arg
 from qwen_chat.loader import load
 from qwen_chat.precision import PRECISIONS, Int8Embedding, Int8Linear, apply_precision
 
@@ -84,8 +85,8 @@ def test_int8_logits_close_to_fp32(tiny, tiny_fp32, monkeypatch, prefill_rows):
     for name in ("decode", "prefill"):  # single-token steps agree with the full forward
         with torch.inference_mode():
             cache = DynamicCache(config=model.config)
-            model(ids[:, :-1], past_key_values=cache)
-            step = model(ids[:, -1:], past_key_values=cache).logits.float()
+            model(ids[:, :-1], **{cache_arg(model): cache})
+            step = model(ids[:, -1:], **{cache_arg(model): cache}).logits.float()
         assert torch.allclose(step[0, -1], out[0, -1], atol=0.05, rtol=0.05), name
 
 

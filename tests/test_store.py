@@ -144,3 +144,14 @@ def test_saving_a_reply_of_a_deleted_conversation_is_harmless(store):
     store.delete_conversation(ALICE, conv.id)
     store.update_message(reply.id, content="late", status="stopped")
     assert store.list_conversations(ALICE) == []
+
+
+def test_a_reply_keeps_its_token_ids_and_bad_ones_are_ignored(store):
+    conv = store.create_conversation(ALICE, "t")
+    good = store.add_message(conv.id, "assistant", "Hi")
+    bad = store.add_message(conv.id, "assistant", "Ho")
+    store.update_message(good.id, tokens="[9707, 0]")
+    store.update_message(bad.id, tokens="[9707,")  # e.g. edited by hand in the file
+    read = {m.id: m for m in store.messages(ALICE, conv.id)}
+    assert read[good.id].token_ids == [9707, 0]
+    assert read[bad.id].token_ids is None and read[bad.id].content == "Ho"
