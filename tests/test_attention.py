@@ -11,12 +11,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from qwen_chat import attention
 
 
-@pytest.mark.parametrize("tokens", [1, 5])  # a decode step (packed), a prompt (delegated)
-@pytest.mark.parametrize("masked", [False, True])  # one reply, or a padded batch
+@pytest.mark.parametrize("tokens", [1, 5, attention.PACK_ROWS + 1])  # decode, a turn, a document
+@pytest.mark.parametrize("masked", [False, True])  # no cache or one reply; after a cache, or a batch
 def test_packed_attention_equals_transformers_sdpa(tokens, masked):
     torch.manual_seed(0)
     module = types.SimpleNamespace(num_key_value_groups=7, is_causal=True, training=False)
-    batch, context = 2, 40
+    batch, context = 2, 40 + tokens
     query = torch.randn(batch, 14, tokens, 64)
     key, value = torch.randn(batch, 2, context, 64), torch.randn(batch, 2, context, 64)
     mask = None
