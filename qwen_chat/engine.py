@@ -33,8 +33,15 @@ _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 def cache_arg(model) -> str:
     """The name under which `model.forward` takes a KV cache: transformers renamed
-    `past_key_values` to `cache` (5.2x; the old name goes in 5.40)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    `past_key_values` to `cache` (5.2x; the old name goes in 5.40). A forward that only passes
+    *args and **kwargs on (a wrapper, a subclass) is looked through to the one it calls."""
+    for cls in type(model).__mro__:
+        if "forward" in vars(cls):
+            params = inspect.signature(vars(cls)["forward"]).parameters
+            for name in ("cache", "past_key_values"):
+                if name in params:
+                    return name
+    return "past_key_values"
 
 
 class Generation(Reply):
