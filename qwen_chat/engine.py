@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from . import memory
+from . import memory, prompt
 from .kvcache import KVCacheStore
 from .reply import Reply, Sampling, Stats, flatten_content, stop_replies  # noqa: F401 - re-exported
 
@@ -152,7 +152,7 @@ class Engine:
         self.lock = threading.Lock()  # held during each forward pass (warm() takes it too)
         self.kv = KVCacheStore(kv_cache_mb)
         self.eos_token_ids = self._eos_ids()
-        self.turn_gap = self._turn_gap_ids()
+        self.turn_gap = prompt.turn_gap_ids(tokenizer)  # prefilled when a reply ends (_end)
         self.top_k = getattr(model.generation_config, "top_k", None) or DEFAULT_TOP_K
         self.step_sizes: Counter[int] = Counter()  # decode steps run, by number of replies
         self._cache_arg = cache_arg(model)
@@ -179,66 +179,17 @@ class Engine:
             ids.append(im_end)
         return sorted({i for i in ids if isinstance(i, int)})
 
-    def _turn_gap_ids(self) -> list[int]:
-        """The template's tokens between a reply's last word and the next user message's first
-        ("<|im_end|>\n<|im_start|>user\n" for ChatML). Known before the user writes: they are
-        prefilled when a reply ends (see _end), while the user reads and types."""
-        reply, question = "\ue000", "\ue001"
-        try:
-            text = self._template([{"role": "user", "content": "?"},
-                                   {"role": "assistant", "content": reply},
-                                   {"role": "user", "content": question}])
-        except Exception:  # noqa: BLE001 - a template that refuses this shape: no head start
-            return []
-        gap = text.partition(reply)[2].partition(question)[0]
-        return self.tokenizer(gap, add_special_tokens=False)["input_ids"] if gap else []
-
     @property
     def precision(self) -> str:
         return getattr(self.model, "precision", str(self.model.dtype).replace("torch.", ""))
 
     def count_tokens(self, messages: list[dict]) -> int:
         """Prompt tokens of `messages` once chat-templated."""
-        return int(self.prompt_ids(messages).shape[-1])
+        return len(prompt.prompt_ids(self.tokenizer, messages))
 
     def prompt_ids(self, messages: list[dict]) -> torch.Tensor:
-        """Chat-template the messages (content flattened to text) into a 1 x n token tensor.
-
-        A reply that carries the `token_ids` it was generated as keeps them: its text is not
-        re-tokenized. Re-tokenizing often gives other ids than the model produced (measured:
-        4 of 28 SmolLM2 replies, at a "\n\n" or a cut Chinese character), and the KV cache,
-        reused up to the first differing id, would then re-prefill the rest of the history."""
-        plain = [{"role": m["role"], "content": flatten_content(m["content"])} for m in messages]
-        text = self._template(plain)
-        exact = {i: m["token_ids"] for i, m in enumerate(messages) if m.get("token_ids")
-                 and self.tokenizer.decode(m["token_ids"]) == plain[i]["content"]}
-        spliced = self._splice(plain, exact, text) if exact else None
-        if spliced is not None:
-            return torch.tensor([spliced], dtype=torch.long)
-        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-
-    def _template(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
-
-    def _splice(self, plain: list[dict], exact: dict[int, list[int]], text: str) -> list[int] | None:
-        """The prompt's ids with `exact` messages' ids in place of their text: the template is
-        rendered with a marker for each such message, the text between markers tokenized, and
-        the ids put between. None when the template does not place each content verbatim."""
-        marks = {i: f"\ue000{i}\ue001" for i in exact}
-        marked = self._template([{**m, "content": marks[i]} if i in marks else m
-                                 for i, m in enumerate(plain)])
-        ids: list[int] = []
-        rebuilt, rest = [], marked
-        for i in sorted(exact):
-            before, found, rest = rest.partition(marks[i])
-            if not found:
-                return None
-            ids += self.tokenizer(before, add_special_tokens=False)["input_ids"] + exact[i]
-            rebuilt += [before, plain[i]["content"]]
-        if "".join(rebuilt) + rest != text:
-            return None
-        return ids + self.tokenizer(rest, add_special_tokens=False)["input_ids"]
+        """The messages as a 1 x n prompt tensor (see prompt.prompt_ids: replies keep their ids)."""
+        return torch.tensor([prompt.prompt_ids(self.tokenizer, messages)], dtype=torch.long)
 
     def generate(self, messages: list[dict], sampling: Sampling, *,
                  cache_key: str | None = None) -> Generation:
