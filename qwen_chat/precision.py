@@ -108,7 +108,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         n = self.qweight.numel()
-        if rows.shape[0] >= PREFILL_ROWS and n <= SCRATCH_MAX:  # a very long prompt: fp32 sgemm
+        if rows.shape[0] >= PREFILL_ROWS and n <= SCRATCH_MAX:  # a long prompt (per CPU): sgemm
             w = torch.mul(self.qweight, self.scale[:, None], out=_scratch_buffer(n).view(self.qweight.shape))
             y = F.linear(rows.float(), w, self.bias)
         else:  # decode: int8 gemv reads 4x fewer bytes (fast path needs bf16 activations)
