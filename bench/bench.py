@@ -49,6 +49,7 @@ MESSAGES = [  # 37-41 tokens each with the Qwen2 tokenizer (checked at start)
     "最后，请用中文和英文各写一段简短的总结，summarizing the whole two-day plan so that I can share it with my wife tonight after dinner, 谢谢！",
 ]
 LONG_TOKENS, LONG_NEW_TOKENS = 2000, 32
+TYPED_STEP = 8  # "typed" run: the page sends a draft per keystroke; here one every 8 characters
 TARGETS = {"engine_ttft_growth": (1.5, "engine TTFT turn N / turn 1"),
            "ttft_turn1_ratio": (0.3, "engine / baseline TTFT, turn 1"),
            "decode_ratio": (0.35, "engine / baseline ms per token (mean over turns)"),
@@ -89,7 +90,9 @@ class Baseline:
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         self.load_s = time.perf_counter() - started
 
-    def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[dict, Turn]:
+    def reply(self, messages: list[dict], new_tokens: int, key: str,
+              typed: bool = False) -> tuple[dict, Turn]:
+        """`typed` changes nothing: the usual app has nothing to do before Send."""
         started = time.perf_counter()
         inputs = self.tok.apply_chat_template(messages, add_generation_prompt=True,
                                               return_dict=True, return_tensors="pt")
@@ -151,13 +154,23 @@ class AppEngine:
                          "quantized_cache_before_load": cached,
                          "system_prompt_tokens_prefilled_at_start": self.warmed}
 
-    def reply(self, messages: list[dict], new_tokens: int, key: str) -> tuple[dict, Turn]:
+    def reply(self, messages: list[dict], new_tokens: int, key: str,
+              typed: bool = False) -> tuple[dict, Turn]:
         """The reply as the app stores it for the next turn: its text, and its token ids when
-        this engine gives them (ChatService passes them back; Engine.prompt_ids)."""
+        this engine gives them (ChatService passes them back; Engine.prompt_ids).
+
+        `typed`: the last message was typed in the page, which hands the engine a draft as it
+        grows (Engine.prepare, one every TYPED_STEP characters here, each prefilled before the
+        next: a person types 8 characters in about a second). The clock starts at Send."""
         from qwen_chat.engine import Sampling
 
         sampling = Sampling(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0)
         kw = {"cache_key": key} if self.cache_key and key else {}
+        if typed and kw and hasattr(self.engine, "prepare"):
+            text = messages[-1]["content"]
+            for end in [*range(TYPED_STEP, len(text), TYPED_STEP), len(text)]:
+                draft = [*messages[:-1], {"role": "user", "content": text[:end]}]
+                self.engine.prepare(draft, key).wait()
         started = time.perf_counter()
         gen = self.engine.generate(messages, sampling, **kw)
         call_s = time.perf_counter() - started  # templating + tokenizing happen before Stats' clock
@@ -205,22 +218,24 @@ def long_prompt(tok: Any) -> str:
     return "".join(parts)
 
 
-def converse(sides: list[Side], turns: int, new_tokens: int,
-             verbose: bool) -> dict[str, list[Turn]]:
-    """The multi-turn chat, each side with its own history; interleaved per turn."""
+def converse(sides: list[Side], turns: int, new_tokens: int, verbose: bool,
+             typed: bool = False) -> dict[str, list[Turn]]:
+    """The multi-turn chat, each side with its own history; interleaved per turn. `typed`: each
+    user message is typed in the page before Send (see AppEngine.reply)."""
     history: dict[str, list[dict]] = {s.name: [dict(SYSTEM)] for s in sides}
     rows: dict[str, list[Turn]] = {s.name: [] for s in sides}
     for k in range(turns):
         for side in sides:
             history[side.name].append({"role": "user", "content": MESSAGES[k % len(MESSAGES)]})
-            reply, turn = side.reply(history[side.name], new_tokens, "bench-conv")
+            key = "bench-typed" if typed else "bench-conv"
+            reply, turn = side.reply(history[side.name], new_tokens, key, typed=typed)
             history[side.name].append(reply)
             rows[side.name].append(turn)
             if turn.new_tokens != new_tokens:
                 print(f"WARNING: {side.name} turn {k + 1} generated {turn.new_tokens} tokens, "
                       f"not {new_tokens}", file=sys.stderr, flush=True)
             if verbose:
-                print(f"  turn {k + 1:2}/{turns} {side.name:8} prompt {turn.prompt_tokens:5} tok"
+                print(f"  turn {k + 1:2}/{turns} {side.name:8}{' typed' if typed else ''} prompt {turn.prompt_tokens:5} tok"
                       f"  TTFT {turn.ttft_s:6.3f} s  {turn.ms_per_token or 0:6.1f} ms/tok")
     return rows
 
@@ -287,12 +302,15 @@ def child(args: argparse.Namespace, app_cache: Path) -> None:
         return
     warm_up(side)
     rows = converse([side], args.turns, args.new_tokens, verbose=False)[side.name]
+    typed = converse([side], args.turns, args.new_tokens, verbose=False, typed=True)[side.name] \
+        if hasattr(getattr(side, "engine", None), "prepare") else None
     long = None
     if not args.skip_long:
         long = long_case([side], long_prompt(AutoTokenizer.from_pretrained(args.cache)),
                          args.long_tokens)[side.name]
     print("CHILD_JSON " + json.dumps({
         "load_s": side.load_s, "peak": peak_rss(), "turns": [asdict(t) for t in rows],
+        "typed": [asdict(t) for t in typed] if typed else None,
         "long": asdict(long) if long else None,
         "features": getattr(side, "features", None)}), flush=True)
 
@@ -326,18 +344,22 @@ def machine_info() -> dict[str, Any]:
 
 
 def report(rows: dict[str, list[Turn]], long: dict[str, Turn], load: dict[str, float],
-           memory: dict[str, Any]) -> dict[str, Any]:
+           memory: dict[str, Any], typed: list[Turn] | None = None) -> dict[str, Any]:
+    """`typed`: the engine's turns when each message was typed in the page before Send."""
     base, eng = rows["baseline"], rows["engine"]
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    row = lambda label, b, e: (  # noqa: E731
+    row = lambda label, b, e, t: (  # noqa: E731
         f"| {label} | {b.prompt_tokens} | {b.ttft_s:.3f} | {f(b.ms_per_token, '.1f')} | "
         f"{e.prompt_tokens} | {f(e.cached_tokens, 'd')} | {e.ttft_s:.3f} | "
-        f"{f(e.ms_per_token, '.1f')} |")
+        f"{f(e.ms_per_token, '.1f')} | {f(t and t.cached_tokens, 'd')} | "
+        f"{f(t and t.ttft_s, '.3f')} |")
     print("\n| turn | base prompt | base TTFT s | base ms/tok | eng prompt | eng cached "
-          "| eng TTFT s | eng ms/tok |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print("\n".join(row(k, b, e) for k, (b, e) in enumerate(zip(base, eng), 1)))
+          "| eng TTFT s | eng ms/tok | typed: eng cached | typed: eng TTFT s |"
+          "\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(row(k, b, e, t) for k, (b, e, t)
+                    in enumerate(zip(base, eng, typed or [None] * len(eng)), 1)))
     if long:
-        print(row("long", long["baseline"], long["engine"]))
+        print(row("long", long["baseline"], long["engine"], None))
     print(f"\nLoad time, this process: baseline {load['baseline']:.2f} s, "
           f"engine {load['engine']:.2f} s")
     if memory:
@@ -354,7 +376,9 @@ def report(rows: dict[str, list[Turn]], long: dict[str, Turn], load: dict[str, f
               "engine_ttft_growth": div(eng[-1].ttft_s, eng[0].ttft_s),
               "ttft_turn1_ratio": div(eng[0].ttft_s, base[0].ttft_s),
               "decode_ratio": div(mean_ms["engine"], mean_ms["baseline"]),
-              "engine_peak_rss_gb": memory["engine"]["peak_rss_gb"] if memory else None}
+              "engine_peak_rss_gb": memory["engine"]["peak_rss_gb"] if memory else None,
+              "typed_engine_ttft_growth": div(typed[-1].ttft_s, typed[0].ttft_s) if typed else None,
+              "typed_ttft_turn1_ratio": div(typed[0].ttft_s, base[0].ttft_s) if typed else None}
     print(f"Mean ms/token: baseline {mean_ms['baseline']:.1f}, engine {mean_ms['engine']:.1f}; "
           f"baseline TTFT turn {len(base)} / turn 1: {f(ratios['baseline_ttft_growth'], '.2f')}\n")
     verdicts = {}
@@ -362,6 +386,11 @@ def report(rows: dict[str, list[Turn]], long: dict[str, Turn], load: dict[str, f
         value = ratios[key]
         verdicts[key] = "SKIP" if value is None else "PASS" if value <= target else "FAIL"
         print(f"{label:50} {f(value, '.3f'):>7}  target <= {target:<4}  {verdicts[key]}")
+        if f"typed_{key}" in ratios and typed:  # the same figure when messages are typed
+            value = ratios[f"typed_{key}"]
+            verdicts[f"typed_{key}"] = "PASS" if value <= target else "FAIL"
+            print(f"{'  ... typed in the page before Send':50} {f(value, '.3f'):>7}  "
+                  f"target <= {target:<4}  {verdicts[f'typed_{key}']}")
     return {"ratios": ratios, "mean_ms_per_token": mean_ms, "verdicts": verdicts,
             "targets": {k: v[0] for k, v in TARGETS.items()}}
 
@@ -423,6 +452,7 @@ def main() -> None:
                                           for n in ("baseline", "engine")}
         load = {n: memory[n]["load_s"] for n in ("baseline", "engine")}
         features = memory["engine"]["features"]
+        typed = [Turn(**t) for t in memory["engine"]["typed"]] if memory["engine"].get("typed") else None
     else:  # --skip-memory: both sides in this process, turns interleaved (see bench/README.md)
         import transformers.models.qwen2.modeling_qwen2  # noqa: F401 - imports are not load time
         from qwen_chat import engine, loader  # noqa: F401
@@ -434,6 +464,8 @@ def main() -> None:
             warm_up(side)
         print(f"Conversation: {args.turns} turns x {args.new_tokens} new tokens", flush=True)
         rows = converse(sides, args.turns, args.new_tokens, verbose=True)
+        typed = converse([app], args.turns, args.new_tokens, verbose=True, typed=True)["engine"] \
+            if hasattr(app.engine, "prepare") else None
         long = {}
         if not args.skip_long:
             print(f"Long prompt ({len(tok(text)['input_ids'])} tokens of text) ...", flush=True)
@@ -444,7 +476,7 @@ def main() -> None:
     others = max(0.0, busy - mine) / total  # share of the machine's CPU used by other processes
     print(f"\nOther processes used {others:.0%} of the machine's CPU during the timed part."
           + (" Timings are noisy: rerun on an idle machine." if others > 0.05 else ""))
-    summary = report(rows, long, load, memory)
+    summary = report(rows, long, load, memory, typed)
 
     out = Path(__file__).resolve().parent / "output" / "bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -454,6 +486,7 @@ def main() -> None:
                            "long_new_tokens": args.long_tokens, "model_folder": str(args.cache),
                            "user_turn_tokens": counts},
               "turns": {n: [asdict(t) for t in r] for n, r in rows.items()},
+              "typed_turns": [asdict(t) for t in typed] if typed else None,
               "long": {n: asdict(t) for n, t in long.items()}, "load_s": load,
               "memory": memory, **summary}
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -53,6 +53,11 @@ class ReplyUpdate:
     loading: Snapshot | None = None  # the model is still loading: how far it is
 
 
+def draft_key(session: str) -> str:
+    """The KV cache key of what a tab types in a new chat (it has no conversation id yet)."""
+    return f"draft:{session}"
+
+
 def title_from(text: str) -> str:
     """A conversation's title: the first message, on one line, cut to a readable length."""
     line = " ".join(text.split())
@@ -162,8 +167,33 @@ class ChatService:
             conversation = self.store.get_conversation(owner, conversation_id)
         else:
             conversation = self.store.create_conversation(owner, title_from(text))
+            if session is not None:  # what was typed in the new chat was prefilled under this
+                self.engine.adopt(draft_key(session), conversation.id)
         self.store.add_message(conversation.id, "user", text)
         yield from self._reply(owner, conversation, session)
+
+    def draft(self, owner: str, conversation_id: str | None, text: str, *,
+              session: str) -> threading.Event | None:
+        """The user is typing `text` (not sent yet): have the engine prefill the prompt it would
+        make, while idle, so that Send only prefills what changed since. `session` names the
+        tab, whose new chat has no conversation yet. Returns the engine's event (set once
+        prefilled, replaced or skipped), or None when there is nothing to prefill."""
+        if not text.strip() or not self.engine.ready:
+            return None
+        if len(text) > CHARS_PER_TOKEN_LIMIT * self.input_budget():
+            return None
+        try:
+            stored = self.store.messages(owner, conversation_id) if conversation_id else []
+        except NotFound:  # deleted in another tab: Send will say so
+            return None
+        draft = Message(0, conversation_id or "", "user", text, time.time())
+        earlier = [m.dropped for m in stored if m.role == "assistant" and m.dropped is not None]
+        try:  # the prompt _reply will build once the message is stored
+            prompt, _ = self.fit(self.prompt_messages(owner, conversation_id or "", [*stored, draft]),
+                                 earlier[-1] if earlier else 0)
+        except MessageTooLong:
+            return None
+        return self.engine.prepare(prompt, conversation_id or draft_key(session))
 
     def retry(self, owner: str, conversation_id: str, *,
               session: str | None = None) -> Iterator[ReplyUpdate]:
@@ -344,7 +374,8 @@ class ChatService:
             token_ids = generation.token_ids if generation is not None else None
             self.store.update_message(
                 reply.id, content="".join(parts), status=status, error=error,
-                prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
+                prompt_tokens=stats.prompt_tokens, cached_tokens=stats.cached_tokens,
+                new_tokens=stats.new_tokens,
                 ttft=stats.ttft, tokens_per_s=stats.tokens_per_s, dropped=dropped,
                 tokens=json.dumps(token_ids) if token_ids else None)
             if self._warmed is not None:  # warming is on: re-warm a hot-reloaded system prompt

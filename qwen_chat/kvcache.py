@@ -7,6 +7,10 @@ Correctness rests on one rule: the cache is reused only up to the longest common
 *token ids* (never text: re-tokenizing a reply can differ from the tokens that were generated),
 so any change earlier in the prompt (an edited system prompt, history switched off, a retried
 or stopped reply) simply cuts the reuse shorter.
+
+A message being typed may be prefilled ahead (Engine.prepare). Such a draft only ever extends a
+conversation's cache: each entry has a floor, the tokens of its last reply's turn, which a draft
+never cuts (a draft older than the reply it would cut is stale and is skipped).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class _Entry:
     tokens: torch.Tensor  # 1-D ids whose keys and values the cache holds, in order
     cache: object  # a transformers DynamicCache
     nbytes: int
+    floor: int = 0  # tokens a draft may not cut: the conversation's turns so far (see take_draft)
 
 
 def cache_bytes(cache) -> int:
@@ -79,12 +84,25 @@ class KVCacheStore:
             entry.cache.crop(keep - length)  # transformers 5: a negative count of tokens to drop
         return entry.cache, keep
 
-    def put(self, key: str, sequence: torch.Tensor, cache) -> None:
-        """Keep `cache` (holding the first get_seq_length() tokens of `sequence`) for `key`."""
+    def take_draft(self, key: str, input_ids: torch.Tensor) -> tuple[object | None, int, int] | None:
+        """Like `take`, for a message being typed: (cache, reusable length, floor), or None
+        (nothing taken) when the draft would cut the entry below its floor: the draft was
+        typed before the conversation's last reply was kept, so it is stale."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and common_prefix(entry.tokens, input_ids) < entry.floor:
+                return None
+        floor = entry.floor if entry is not None else 0
+        return (*self.take(key, input_ids), floor)
+
+    def put(self, key: str, sequence: torch.Tensor, cache, *, floor: int | None = None) -> None:
+        """Keep `cache` (holding the first get_seq_length() tokens of `sequence`) for `key`.
+        `floor`: the tokens a later draft may not cut; all of them by default (a turn's end)."""
         if self.budget <= 0 or cache is None:
             return
         length = cache.get_seq_length()
-        entry = _Entry(sequence[:length].clone(), cache, cache_bytes(cache))
+        entry = _Entry(sequence[:length].clone(), cache, cache_bytes(cache),
+                       length if floor is None else min(floor, length))
         if entry.nbytes > self.budget:
             return
         with self._lock:
@@ -100,6 +118,14 @@ class KVCacheStore:
         their own; it is copied on use and never evicted. Not counted in the budget (small)."""
         with self._lock:
             self._shared = _Entry(tokens.clone(), cache, cache_bytes(cache))
+
+    def rename(self, old: str, new: str) -> None:
+        """File `old`'s cache under `new` (a draft typed in a new chat becomes its
+        conversation's), unless `new` has one already."""
+        with self._lock:
+            entry = self._entries.pop(old, None)
+            if entry is not None and new not in self._entries:
+                self._entries[new] = entry
 
     def forget(self, key: str) -> None:
         with self._lock:

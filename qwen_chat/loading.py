@@ -197,6 +197,17 @@ class LoadingEngine:
         if self._engine is not None:
             self._engine.forget(cache_key)
 
+    def prepare(self, messages, cache_key: str) -> threading.Event:
+        if self._engine is not None:
+            return self._engine.prepare(messages, cache_key)
+        done = threading.Event()  # nothing to prefill into yet: the reply will prefill it all
+        done.set()
+        return done
+
+    def adopt(self, draft_key: str, cache_key: str) -> None:
+        if self._engine is not None:
+            self._engine.adopt(draft_key, cache_key)
+
     def stop_all(self, timeout: float = 5.0) -> None:
         if self._engine is not None:
             self._engine.stop_all(timeout)

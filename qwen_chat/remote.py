@@ -125,5 +125,13 @@ class RemoteEngine:
     def forget(self, cache_key: str) -> None:
         pass
 
+    def prepare(self, messages: list[dict], cache_key: str) -> threading.Event:
+        done = threading.Event()  # the server has no drafts: nothing to prefill ahead
+        done.set()
+        return done
+
+    def adopt(self, draft_key: str, cache_key: str) -> None:
+        pass
+
     def stop_all(self, timeout: float = 5.0) -> None:
         stop_replies(list(self._replies), timeout)

@@ -72,6 +72,12 @@ def m004_reply_tokens(db: sqlite_utils.Database) -> None:
     db.table("messages").add_column("tokens", str)
 
 
+@migrations()
+def m005_cached_tokens(db: sqlite_utils.Database) -> None:
+    """How many of a reply's prompt tokens were already cached (earlier turns, a typed draft)."""
+    db.table("messages").add_column("cached_tokens", int)
+
+
 @dataclass(frozen=True)
 class Conversation:
     id: str
@@ -97,6 +103,7 @@ class Message:
     tokens_per_s: float | None = None
     dropped: int | None = None  # replies: oldest messages left out of the prompt (context limit)
     tokens: str | None = None  # replies: the token ids generated, as JSON (see Engine.prompt_ids)
+    cached_tokens: int | None = None  # replies: prompt tokens not prefilled at Send (cached)
 
     @property
     def token_ids(self) -> list[int] | None:

@@ -129,6 +129,11 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         return (gr.update(value="", interactive=False),
                 chat + [{"role": "user", "content": as_text(text)}], text)
 
+    def typing(owner, current, text, request: gr.Request):
+        """The message box changed: prefill what it holds while the user is still typing."""
+        if owner and text:
+            service.draft(owner, current, text, session=request.session_hash)
+
     def stream(updates, owner: str, chat: list, lang: str, known: str | None):
         """Relay a service stream to (chatbot, current, conversation list, status)."""
         chat = list(chat) + [{"role": "assistant", "content": ""}]
@@ -313,6 +318,10 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                       concurrency_limit=together, concurrency_id=GENERATE, **private))
             streams[-1].then(lambda: gr.update(interactive=True), outputs=[box], queue=False,
                              **private)
+        # Each keystroke hands the draft to the engine, which prefills it while idle (only the
+        # latest counts), so Send has little left to prefill. No output, no progress shown.
+        box.input(typing, [owner, current, box], None, queue=False, trigger_mode="always_last",
+                  show_progress="hidden", **private)
         for trigger in (retry_btn.click, chatbot.retry):
             streams.append(trigger(retry, [owner, current], outputs, concurrency_limit=together,
                                    concurrency_id=GENERATE, **private))

@@ -2,9 +2,10 @@
 
 The user types "What is the capital of France?" and presses Enter: their bubble appears, the
 reply streams in and says Paris, the status line shows "First token … s · … tokens/s · N tokens".
-After a reload the conversation is still listed and shown. "+ New chat" and a second question
-give two conversations; clicking the first shows its Paris answer again. Another browser (a new
-context, i.e. another localStorage) sees none of it. Screenshots go to test-output/.
+After a reload the conversation is still listed and shown. "+ New chat" and a second question,
+typed key by key (prefilled while typed: Send has one token left to prefill), give two
+conversations; clicking the first shows its Paris answer again. Another browser (a new context,
+i.e. another localStorage) sees none of it. Screenshots go to test-output/.
 """
 
 from __future__ import annotations
@@ -128,9 +129,15 @@ def test_chat_journey_in_a_real_browser(browser, app_servers, gguf_path):
         # "+ New chat" empties the view; a second question makes a second conversation.
         page.locator("#new-chat").click()
         expect(chatbot.locator('[data-testid="user"]')).to_have_count(0, timeout=30_000)
-        send(page, SECOND)
+        # Typed key by key: the page hands each draft to the engine, which prefills it while the
+        # user types, so Send has only the assistant's header left (cached_tokens, stored).
+        box = page.locator("#message textarea")
+        box.press_sequentially(SECOND, delay=60)
+        time.sleep(2)  # the user reads what they typed; the last draft (~15 tokens) is prefilled
+        box.press("Enter")
         expect(chatbot.locator('[data-testid="user"]')).to_have_text(SECOND, timeout=30_000)
-        finished_replies(server.db_path, 2)
+        second = finished_replies(server.db_path, 2)[1]
+        assert second["cached_tokens"] == second["prompt_tokens"] - 1, second
         expect(listing).to_have_count(2, timeout=30_000)
         expect(listing.first).to_have_text(SECOND)  # newest first
         expect(chatbot).not_to_contain_text("Paris")

@@ -275,3 +275,33 @@ def test_any_unicode_is_stored_and_read_back_exactly(setup):
     final = list(service.send(OWNER, None, text))[-1]
     assert rows(service, final.conversation.id)[0]["content"] == text
     assert service.messages(OWNER, final.conversation.id)[0].content == text
+
+
+def test_a_message_typed_before_send_is_prefilled_and_the_reply_says_so(setup):
+    """ChatService.draft (the page calls it as the user types): Send then prefills one token.
+    How much of the prompt was cached is stored with the reply."""
+    service, _ = setup
+    question = "What is the capital of France?"
+    service.engine.warm([{"role": "system", "content": "Be brief."}])
+    assert service.draft(OWNER, None, question[:10], session="tab").wait(30)
+    assert service.draft(OWNER, None, question, session="tab").wait(30)
+    first = list(service.send(OWNER, None, question, session="tab"))[-1]
+    assert first.stats.cached_tokens == first.stats.prompt_tokens - 1
+    conv = first.conversation
+    assert rows(service, conv.id)[1]["cached_tokens"] == first.stats.prompt_tokens - 1
+
+    # In an existing conversation the draft extends its cache (history and reply stay cached).
+    assert service.draft(OWNER, conv.id, "And of Germany?", session="tab").wait(30)
+    second = list(service.send(OWNER, conv.id, "And of Germany?", session="tab"))[-1]
+    assert second.stats.cached_tokens == second.stats.prompt_tokens - 1
+    assert rows(service, conv.id)[3]["cached_tokens"] == second.stats.prompt_tokens - 1
+
+    # Sent without a draft (pasted and sent at once): the user's words are prefilled at Send.
+    third = list(service.send(OWNER, conv.id, "And of Italy? " * 3, session="tab"))[-1]
+    assert third.stats.cached_tokens < third.stats.prompt_tokens - 10
+
+    # Nothing to prefill: blank text, another browser's or a deleted conversation.
+    assert service.draft(OWNER, conv.id, "   ", session="tab") is None
+    assert service.draft("x" * 32, conv.id, "Hi", session="tab") is None
+    service.delete(OWNER, conv.id)
+    assert service.draft(OWNER, conv.id, "Hi", session="tab") is None

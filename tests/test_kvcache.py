@@ -8,6 +8,8 @@ new system prompt, a deleted conversation, a restart), must give the same text f
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -198,3 +200,69 @@ def test_a_warmed_system_prompt_starts_every_new_chat_and_changes_nothing(tiny_m
     pair.reply(chat("Answer in French.", [], "Hello!"), "C")
     assert pair.cached[-1] < warmed - 8
     pair.reply(chat("", [], "No system prompt at all"), "D")
+
+
+def test_a_message_prefilled_while_typed_leaves_one_token_and_changes_nothing(tiny_model):
+    """Engine.prepare: what the user types is prefilled before Send; the reply is the same."""
+    pair = Pair(*tiny_model)
+    system = "Be brief."
+    pair.reuse.warm([{"role": "system", "content": system}])
+    a = [("Hello! 你好", pair.reply(chat(system, [], "Hello! 你好"), "A"))]
+    kept = pair.cached[-1] + pair.prompts[-1]
+
+    # Typed as the app sends it: growing drafts, the last one exactly what is sent.
+    question = "What is the capital of France? 法国的首都是哪里？"
+    for end in (4, 17, len(question)):
+        assert pair.reuse.prepare(chat(system, a, question[:end]), "A").wait(30)
+    a.append((question, pair.reply(chat(system, a, question), "A")))
+    assert pair.cached[-1] == pair.prompts[-1] - 1  # only the assistant header's last token
+    assert pair.cached[-1] > kept
+
+    # A draft that differs at its end from what is sent: only the common prefix is reused.
+    typed, sent = chat(system, a, "Tell me more about Paris"), chat(system, a, "Tell me more about Lyon")
+    assert pair.reuse.prepare(typed, "A").wait(30)
+    a.append(("Tell me more about Lyon", pair.reply(sent, "A")))
+    shared = common_prefix(pair.reuse.prompt_ids(typed)[0], pair.reuse.prompt_ids(sent)[0])
+    assert pair.cached[-1] == shared > pair.cached[-2]
+
+    # A new chat has no conversation yet: its draft is kept under the tab's key, then adopted.
+    assert pair.reuse.prepare(chat(system, [], question), "draft:tab").wait(30)
+    pair.reuse.adopt("draft:tab", "B")
+    pair.reply(chat(system, [], question), "B")
+    assert pair.cached[-1] == pair.prompts[-1] - 1
+    assert "draft:tab" not in pair.reuse.kv
+
+
+def test_a_stale_draft_never_cuts_a_conversations_cache(tiny_model):
+    """A keystroke's draft that arrives after its message was answered (it lacks the reply)
+    is skipped: the conversation's cache still holds the reply for the next turn."""
+    pair = Pair(*tiny_model)
+    a = [("Hello! 你好", pair.reply(chat("", [], "Hello! 你好"), "A"))]
+    a.append(("And then?", pair.reply(chat("", a, "And then?"), "A")))
+    held = pair.cached[-1]
+    assert pair.reuse.prepare(chat("", a[:1], "And then?"), "A").wait(30)  # without the reply
+    a.append(("Next", pair.reply(chat("", a, "Next"), "A")))
+    assert pair.cached[-1] >= pair.prompts[-2] + len(a[-2][1]["token_ids"]) - 1 > held
+
+
+def test_a_draft_gives_way_to_a_reply_between_chunks(tiny_model, monkeypatch):
+    """A long draft is prefilled DRAFT_CHUNK tokens at a time; a reply that arrives meanwhile
+    (another conversation) starts after the current chunk, and the draft keeps what it did."""
+    import qwen_chat.engine as engine_module
+    monkeypatch.setattr(engine_module, "DRAFT_CHUNK", 8)
+    pair = Pair(*tiny_model)
+    long_draft = chat("", [], "word " * 60)
+    with pair.reuse.lock:  # hold the model: the draft's first chunk waits for it
+        done = pair.reuse.prepare(long_draft, "A")
+        deadline = time.monotonic() + 10
+        while pair.reuse._drafts and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the scheduler is now blocked on the lock, in the first chunk
+        generation = pair.reuse.generate(chat("", [], "Quick question"), GREEDY, cache_key="B")
+    text = "".join(generation)
+    assert done.wait(10)
+    assert text == "".join(pair.plain.generate(chat("", [], "Quick question"), GREEDY))
+    # The draft stopped after one chunk; it is resumed by the next keystroke or at Send.
+    resumed = pair.reuse.generate(long_draft, GREEDY, cache_key="A")
+    "".join(resumed)
+    assert resumed.stats.cached_tokens == 8
