@@ -132,7 +132,10 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
     def typing(owner, current, text, request: gr.Request):
         """The message box changed: prefill what it holds while the user is still typing."""
         if owner and text:
-            service.draft(owner, current, text, session=request.session_hash)
+            try:
+                service.draft(owner, current, text, session=request.session_hash)
+            except Exception:  # noqa: BLE001 - only a head start: Send works without it
+                log.exception("Could not prefill the message being typed")
 
     def stream(updates, owner: str, chat: list, lang: str, known: str | None):
         """Relay a service stream to (chatbot, current, conversation list, status)."""
