@@ -170,6 +170,7 @@ class Engine:
         # Messages being typed, by cache key: the latest draft's prompt ids, and an event set
         # once it has been prefilled, skipped or replaced. Run only while no reply needs the CPU.
         self._drafts: dict[str, tuple[torch.Tensor, threading.Event]] = {}
+        self._closing = False  # set by stop_all: no more drafts
         self._replies: "weakref.WeakSet[Generation]" = weakref.WeakSet()  # not yet finished
         _engines.add(self)
 
@@ -254,15 +255,19 @@ class Engine:
     def prepare(self, messages: list[dict], cache_key: str) -> threading.Event:
         """Prefill `messages` (their last one is being typed) into `cache_key`'s KV cache while
         the engine is idle, so that the reply to them, once sent, starts from the cache. Only the
-        latest draft of a key is kept; a draft never cuts the cache of the conversation's
-        earlier turns (see KVCacheStore.take_draft). Returns an event set once the draft has
-        been prefilled, replaced by a newer one, or skipped."""
+        latest draft of a key is kept. A draft that comes while a reply of the same key is
+        queued or running is dropped: it was typed before that reply, which it lacks (a late
+        keystroke of the message being answered). Returns an event set once the draft has been
+        prefilled, replaced by a newer one, or dropped."""
         done = threading.Event()
         if self.kv.budget <= 0:
             done.set()
             return done
         ids = self.prompt_ids(messages)[0]
         with self._wake:
+            if self._closing or any(g.cache_key == cache_key and g.running for g in self._replies):
+                done.set()
+                return done
             self._drop_draft(cache_key)
             self._drafts[cache_key] = (ids, done)
             self._run_scheduler()
@@ -295,10 +300,18 @@ class Engine:
             return len(self._waiting)
 
     def stop_all(self, timeout: float = 5.0) -> None:
-        """Cancel every reply, running or waiting, and wait (bounded) until they have ended."""
+        """The app is closing: cancel every reply, running or waiting, drop the drafts (none is
+        prefilled from now on), and wait (bounded) until the replies have ended and no forward
+        pass runs (one still running while Python exits aborts the process)."""
         with self._wake:
             replies = list(self._replies)
+            self._closing = True
+            for key in list(self._drafts):
+                self._drop_draft(key)
+        started = time.monotonic()
         stop_replies(replies, timeout)
+        if self.lock.acquire(timeout=max(0.0, timeout - (time.monotonic() - started))):
+            self.lock.release()  # a draft's pass (or warm's) in flight has ended
 
     # The scheduler: everything below runs on its one thread, all model work included (warm
     # too). Each thread that runs torch work keeps an OpenMP thread pool while it lives, and
@@ -374,15 +387,12 @@ class Engine:
         """Prefill a draft's uncached tokens into `key`'s cache, DRAFT_CHUNK at a time; stop
         early (keeping what is done) when a reply or a newer draft of `key` arrives."""
         try:
-            taken = self.kv.take_draft(key, ids)
-            if taken is None:
-                return  # stale: typed before the conversation's last reply
-            cache, done_upto, floor = taken
+            cache, done_upto = self.kv.take(key, ids)
             cache = cache if cache is not None else DynamicCache(config=self.model.config)
             try:
                 while done_upto < len(ids):
                     with self._wake:
-                        if self._waiting or self._jobs or key in self._drafts:
+                        if self._waiting or self._jobs or key in self._drafts or self._closing:
                             break
                     chunk = ids[done_upto:done_upto + DRAFT_CHUNK]
                     with self.lock, torch.inference_mode():
@@ -390,7 +400,7 @@ class Engine:
                     done_upto += len(chunk)
             finally:
                 if cache.get_seq_length() == done_upto:  # else a pass failed half-way: drop it
-                    self.kv.put(key, ids, cache, floor=floor)
+                    self.kv.put(key, ids, cache)
         except Exception:  # noqa: BLE001 - only a head start lost: the reply prefills it all
             pass
         finally:

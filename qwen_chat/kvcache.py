@@ -8,9 +8,8 @@ Correctness rests on one rule: the cache is reused only up to the longest common
 so any change earlier in the prompt (an edited system prompt, history switched off, a retried
 or stopped reply) simply cuts the reuse shorter.
 
-A message being typed may be prefilled ahead (Engine.prepare). Such a draft only ever extends a
-conversation's cache: each entry has a floor, the tokens of its last reply's turn, which a draft
-never cuts (a draft older than the reply it would cut is stale and is skipped).
+A message being typed may be prefilled ahead (Engine.prepare) by the same rule: a draft extends
+the conversation's cache from its common prefix, and a reply then reuses what it shares with it.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ class _Entry:
     tokens: torch.Tensor  # 1-D ids whose keys and values the cache holds, in order
     cache: object  # a transformers DynamicCache
     nbytes: int
-    floor: int = 0  # tokens a draft may not cut: the conversation's turns so far (see take_draft)
 
 
 def cache_bytes(cache) -> int:
@@ -84,25 +82,12 @@ class KVCacheStore:
             entry.cache.crop(keep - length)  # transformers 5: a negative count of tokens to drop
         return entry.cache, keep
 
-    def take_draft(self, key: str, input_ids: torch.Tensor) -> tuple[object | None, int, int] | None:
-        """Like `take`, for a message being typed: (cache, reusable length, floor), or None
-        (nothing taken) when the draft would cut the entry below its floor: the draft was
-        typed before the conversation's last reply was kept, so it is stale."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and common_prefix(entry.tokens, input_ids) < entry.floor:
-                return None
-        floor = entry.floor if entry is not None else 0
-        return (*self.take(key, input_ids), floor)
-
-    def put(self, key: str, sequence: torch.Tensor, cache, *, floor: int | None = None) -> None:
-        """Keep `cache` (holding the first get_seq_length() tokens of `sequence`) for `key`.
-        `floor`: the tokens a later draft may not cut; all of them by default (a turn's end)."""
+    def put(self, key: str, sequence: torch.Tensor, cache) -> None:
+        """Keep `cache` (holding the first get_seq_length() tokens of `sequence`) for `key`."""
         if self.budget <= 0 or cache is None:
             return
         length = cache.get_seq_length()
-        entry = _Entry(sequence[:length].clone(), cache, cache_bytes(cache),
-                       length if floor is None else min(floor, length))
+        entry = _Entry(sequence[:length].clone(), cache, cache_bytes(cache))
         if entry.nbytes > self.budget:
             return
         with self._lock:

@@ -71,6 +71,7 @@ def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
     user = chatbot.locator('[data-testid="user"]').last
     expect(user.locator("strong")).to_have_text("hello")
     expect(user.locator(".katex").first).to_be_visible()
+    wait_for(lambda: bot.count() == 2 and len(bot.last.inner_text()) > 0)  # it is answered
     page.locator("#stop").click()  # no need to read the whole reply
     wait_for(lambda: all(r["status"] != "streaming" for r in replies(server.db_path))
              and len(replies(server.db_path)) == 2)

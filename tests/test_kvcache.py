@@ -8,7 +8,10 @@ new system prompt, a deleted conversation, a restart), must give the same text f
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ import torch
 from qwen_chat.engine import Engine, Sampling
 from qwen_chat.kvcache import KVCacheStore, cache_bytes, common_prefix
 
+REPO = Path(__file__).resolve().parent.parent
 GREEDY = Sampling(temperature=0, max_new_tokens=24, repetition_penalty=3.0)
 
 
@@ -233,16 +237,23 @@ def test_a_message_prefilled_while_typed_leaves_one_token_and_changes_nothing(ti
     assert "draft:tab" not in pair.reuse.kv
 
 
-def test_a_stale_draft_never_cuts_a_conversations_cache(tiny_model):
-    """A keystroke's draft that arrives after its message was answered (it lacks the reply)
-    is skipped: the conversation's cache still holds the reply for the next turn."""
+def test_a_late_keystroke_of_a_message_being_answered_changes_nothing(tiny_model):
+    """A draft that arrives while its conversation's reply is queued or running (the last
+    keystroke of the message being answered, or another tab) lacks that reply: it is dropped,
+    so the conversation's cache still holds the reply for the next turn."""
     pair = Pair(*tiny_model)
     a = [("Hello! 你好", pair.reply(chat("", [], "Hello! 你好"), "A"))]
-    a.append(("And then?", pair.reply(chat("", a, "And then?"), "A")))
-    held = pair.cached[-1]
-    assert pair.reuse.prepare(chat("", a[:1], "And then?"), "A").wait(30)  # without the reply
+    with pair.reuse.lock:  # the reply cannot start until the lock is released
+        generation = pair.reuse.generate(chat("", a, "And then?"), GREEDY, cache_key="A")
+        late = pair.reuse.prepare(chat("", a, "And then?"), "A")
+        assert late.is_set() and not pair.reuse._drafts  # dropped at once
+        elsewhere = pair.reuse.prepare(chat("", [], "Meanwhile, in a new chat"), "draft:tab")
+        assert not elsewhere.is_set()  # other keys' drafts wait for the engine to be idle
+    a.append(("And then?", {"role": "assistant", "content": "".join(generation),
+                            "token_ids": generation.token_ids}))
+    assert elsewhere.wait(30)
     a.append(("Next", pair.reply(chat("", a, "Next"), "A")))
-    assert pair.cached[-1] >= pair.prompts[-2] + len(a[-2][1]["token_ids"]) - 1 > held
+    assert pair.cached[-1] >= generation.stats.prompt_tokens + len(generation.token_ids) - 1
 
 
 def test_a_draft_gives_way_to_a_reply_between_chunks(tiny_model, monkeypatch):
@@ -266,3 +277,27 @@ def test_a_draft_gives_way_to_a_reply_between_chunks(tiny_model, monkeypatch):
     resumed = pair.reuse.generate(long_draft, GREEDY, cache_key="A")
     "".join(resumed)
     assert resumed.stats.cached_tokens == 8
+
+
+def test_exiting_while_a_draft_is_prefilled_exits_cleanly(tmp_path):
+    """Ctrl+C while the engine prefills a draft: stop_all (atexit) waits for the pass in flight,
+    so the process exits normally instead of aborting ("terminate called", exit code 134)."""
+    script = tmp_path / "exit_during_draft.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from tests.models import cache_root, tiny_qwen_dir\n"
+        "from qwen_chat import loader\n"
+        "from qwen_chat.engine import Engine\n"
+        "model, tok = loader.load(str(tiny_qwen_dir()), cache_dir=cache_root() / 'converted')\n"
+        "engine = Engine(model, tok)\n"
+        "engine.prepare([{'role': 'user', 'content': 'word ' * 1500}], 'k')\n"
+        "while engine._drafts:\n"
+        "    time.sleep(0.001)\n"
+        "time.sleep(0.05)  # mid-draft: ~95 passes of 32 tokens\n"
+        "print('exiting', flush=True)\n", encoding="utf-8")
+    for _ in range(2):
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0 and "exiting" in done.stdout, done.stderr[-2000:]
+        assert "terminate called" not in done.stderr
