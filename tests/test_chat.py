@@ -280,7 +280,7 @@ def test_any_unicode_is_stored_and_read_back_exactly(setup):
 def test_a_message_typed_before_send_is_prefilled_and_the_reply_says_so(setup):
     """ChatService.draft (the page calls it as the user types): Send then prefills one token.
     How much of the prompt was cached is stored with the reply."""
-    service, _ = setup
+    service, config_path = setup
     question = "What is the capital of France?"
     service.engine.warm([{"role": "system", "content": "Be brief."}])
     assert service.draft(OWNER, None, question[:10], session="tab").wait(30)
@@ -299,6 +299,13 @@ def test_a_message_typed_before_send_is_prefilled_and_the_reply_says_so(setup):
     # Sent without a draft (pasted and sent at once): the user's words are prefilled at Send.
     third = list(service.send(OWNER, conv.id, "And of Italy? " * 3, session="tab"))[-1]
     assert third.stats.cached_tokens < third.stats.prompt_tokens - 10
+
+    # With history off the prompt is the system prompt and the message: drafted all the same.
+    write_config(config_path, CONFIG.format(n=12) + "enable_history: false\n")
+    assert service.draft(OWNER, conv.id, "And of Spain?", session="tab").wait(30)
+    fourth = list(service.send(OWNER, conv.id, "And of Spain?", session="tab"))[-1]
+    assert fourth.stats.prompt_tokens < first.stats.prompt_tokens + 5
+    assert fourth.stats.cached_tokens == fourth.stats.prompt_tokens - 1
 
     # Nothing to prefill: blank text, another browser's or a deleted conversation.
     assert service.draft(OWNER, conv.id, "   ", session="tab") is None
