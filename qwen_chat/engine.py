@@ -173,7 +173,8 @@ class Engine:
         # Messages being typed, by cache key: the latest draft's prompt ids, and an event set
         # once it has been prefilled, skipped or replaced. Run only while no reply needs the CPU.
         self._drafts: dict[str, tuple[torch.Tensor, threading.Event]] = {}
-        self._closing = False  # set by stop_all: no more drafts
+        self._closing = False  # set by stop_all: no more drafts, no more forward passes
+        self._resting = threading.Event()  # set while the scheduler waits for work, idle
         self._replies: "weakref.WeakSet[Generation]" = weakref.WeakSet()  # not yet finished
         _engines.add(self)
 
@@ -304,17 +305,22 @@ class Engine:
 
     def stop_all(self, timeout: float = 5.0) -> None:
         """The app is closing: cancel every reply, running or waiting, drop the drafts (none is
-        prefilled from now on), and wait (bounded) until the replies have ended and no forward
-        pass runs (one still running while Python exits aborts the process)."""
+        prefilled from now on), and wait (bounded) until the replies have ended and the
+        scheduler rests. A torch op still running in its thread while Python exits aborts the
+        process ("terminate called without an active exception")."""
         with self._wake:
             replies = list(self._replies)
-            self._closing = True
             for key in list(self._drafts):
                 self._drop_draft(key)
         started = time.monotonic()
-        stop_replies(replies, timeout)
-        if self.lock.acquire(timeout=max(0.0, timeout - (time.monotonic() - started))):
-            self.lock.release()  # a draft's pass (or warm's) in flight has ended
+        stop_replies(replies, timeout)  # each ends as stopped, within one step
+        with self._wake:
+            self._closing = True  # from now on no forward pass starts (see _forward)
+            for key in list(self._drafts):
+                self._drop_draft(key)
+            started_scheduler = self._scheduler is not None
+        if started_scheduler:
+            self._resting.wait(max(0.0, timeout - (time.monotonic() - started)))
 
     # The scheduler: everything below runs on its one thread, all model work included (warm
     # too). Each thread that runs torch work keeps an OpenMP thread pool while it lives, and
@@ -364,7 +370,9 @@ class Engine:
                 if idle and not self._drafts:
                     memory.trim()  # idle: return freed memory to the system
                 while not self._jobs and not self._waiting and not busy and not self._drafts:
+                    self._resting.set()
                     self._wake.wait()
+                self._resting.clear()
                 jobs = list(self._jobs)
                 self._jobs.clear()
                 draft = None
@@ -469,7 +477,10 @@ class Engine:
         return out.logits[:, -1]
 
     def _forward(self, cache: DynamicCache, **inputs):
-        """One forward pass that reads and extends `cache`."""
+        """One forward pass that reads and extends `cache`; call it with self.lock held. Once
+        stop_all has run, none starts: the process may be exiting (see stop_all)."""
+        if self._closing:
+            raise RuntimeError("The app is closing.")
         return self.model(**inputs, **{self._cache_arg: cache}, use_cache=True)
 
     def _sample(self, logits: torch.Tensor, g: Generation) -> int:
