@@ -187,10 +187,8 @@ class ChatService:
         except NotFound:  # deleted in another tab: Send will say so
             return None
         draft = Message(0, conversation_id or "", "user", text, time.time())
-        earlier = [m.dropped for m in stored if m.role == "assistant" and m.dropped is not None]
         try:  # the prompt _reply will build once the message is stored
-            prompt, _ = self.fit(self.prompt_messages(owner, conversation_id or "", [*stored, draft]),
-                                 earlier[-1] if earlier else 0)
+            prompt, _, _ = self._prompt(owner, conversation_id or "", [*stored, draft])
         except MessageTooLong:
             return None
         return self.engine.prepare(prompt, conversation_id or draft_key(session))
@@ -279,6 +277,15 @@ class ChatService:
             messages.insert(0, {"role": "system", "content": config.system_prompt})
         return messages
 
+    def _prompt(self, owner: str, conversation_id: str,
+                stored: list[Message]) -> tuple[list[dict], int, int]:
+        """What the model reads to answer the last of `stored` (a conversation's messages),
+        cut to fit: (prompt, messages left out, how many the previous reply left out)."""
+        earlier = [m.dropped for m in stored if m.role == "assistant" and m.dropped is not None]
+        previous = earlier[-1] if earlier else 0
+        prompt, dropped = self.fit(self.prompt_messages(owner, conversation_id, stored), previous)
+        return prompt, dropped, previous
+
     def stop(self, session: str) -> str | None:
         """End the reply streaming for `session` (a Stop click); other sessions are untouched.
 
@@ -327,10 +334,8 @@ class ChatService:
         sampling = Sampling(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens,
                             repetition_penalty=config.repetition_penalty)
-        stored = self.store.messages(owner, conversation.id)
-        earlier = [m.dropped for m in stored if m.role == "assistant" and m.dropped is not None]
-        previous = earlier[-1] if earlier else 0
-        prompt, dropped = self.fit(self.prompt_messages(owner, conversation.id, stored), previous)
+        prompt, dropped, previous = self._prompt(owner, conversation.id,
+                                                 self.store.messages(owner, conversation.id))
         notice = (i18n.text("en", "dropped", budget=self.input_budget())
                   if dropped and not previous else None)
         reply = self.store.add_message(conversation.id, "assistant", "", status=STREAMING)

@@ -24,14 +24,14 @@ import weakref
 from collections import Counter, deque
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
 from . import memory, prompt
+from .batching import Batch
 from .kvcache import KVCacheStore
 from .reply import Reply, Sampling, Stats, flatten_content, stop_replies  # noqa: F401 - re-exported
+from .sampling import DEFAULT_TOP_K, sample
 
-DEFAULT_TOP_K = 50  # transformers' default when the model's generation config sets none
 # A draft is prefilled this many tokens at a time; between two passes a reply that arrived goes
 # first, so a draft delays a reply by at most one pass (about 0.1 s on 2 cores).
 DRAFT_CHUNK = 32
@@ -115,38 +115,6 @@ class Generation(Reply):
         """"length" when the reply was cut at max_new_tokens, else "stop" (ended or stopped)."""
         ended = bool(self.tokens) and self.tokens[-1] in self._eos
         return "length" if not ended and len(self.tokens) >= self.sampling.max_new_tokens else "stop"
-
-
-class _Batch:
-    """The caches of several replies, left-padded to one length and stacked, for one forward
-    pass per step. Padding is masked out and each row keeps its own positions, so every reply
-    gets the tokens it would get alone."""
-
-    def __init__(self, members: list[Generation], config):
-        self.members = list(members)
-        lengths = [m.cache.get_seq_length() for m in members]
-        width = max(lengths)
-        self.pads = [width - n for n in lengths]
-        self.cache = DynamicCache(config=config)
-        for i, _ in enumerate(members[0].cache.layers):
-            keys = [F.pad(m.cache.layers[i].keys, (0, 0, p, 0)) for m, p in zip(members, self.pads)]
-            values = [F.pad(m.cache.layers[i].values, (0, 0, p, 0)) for m, p in zip(members, self.pads)]
-            self.cache.update(torch.cat(keys), torch.cat(values), i)
-        for m in members:
-            m.cache = None  # held by the batch now, not twice
-        self.mask = torch.ones(len(members), width, dtype=torch.long)
-        for row, pad in enumerate(self.pads):
-            self.mask[row, :pad] = 0
-
-    def split(self, config) -> None:
-        """Give every member its own cache back (padding removed)."""
-        for row, (m, pad) in enumerate(zip(self.members, self.pads)):
-            cache = DynamicCache(config=config)
-            for i, layer in enumerate(self.cache.layers):
-                cache.update(layer.keys[row:row + 1, :, pad:].clone(),
-                             layer.values[row:row + 1, :, pad:].clone(), i)
-            m.cache = cache
-        self.cache = None
 
 
 class Engine:
@@ -310,8 +278,6 @@ class Engine:
         process ("terminate called without an active exception")."""
         with self._wake:
             replies = list(self._replies)
-            for key in list(self._drafts):
-                self._drop_draft(key)
         started = time.monotonic()
         stop_replies(replies, timeout)  # each ends as stopped, within one step
         with self._wake:
@@ -332,7 +298,7 @@ class Engine:
 
     def _schedule(self) -> None:
         running: list[Generation] = []
-        batch: _Batch | None = None
+        batch: Batch | None = None
         while True:
             admitted = self._admit(len(running))
             try:
@@ -349,11 +315,11 @@ class Engine:
                 if len(running) == 1:
                     logits = self._step_one(running[0])
                 else:
-                    batch = batch or _Batch(running, self.model.config)
+                    batch = batch or Batch(running, self.model.config)
                     logits = self._step_batch(batch)
                 self.step_sizes[len(running)] += 1
                 for g, row in zip(running, logits):
-                    g.add_token(self._sample(row, g))
+                    g.add_token(sample(row, g.sampling, self.top_k, g.input_ids, g.tokens))
             except BaseException as exc:  # noqa: BLE001 - handed to every reply in the step
                 for g in running:
                     g.cache = None
@@ -366,8 +332,7 @@ class Engine:
         stopped while it waited ends here, never started."""
         while True:
             with self._wake:
-                idle = not self._jobs and not self._waiting and not busy
-                if idle and not self._drafts:
+                if not self._jobs and not self._waiting and not busy and not self._drafts:
                     memory.trim()  # idle: return freed memory to the system
                 while not self._jobs and not self._waiting and not busy and not self._drafts:
                     self._resting.set()
@@ -454,7 +419,7 @@ class Engine:
             tail = g.input_ids[g.stats.cached_tokens:][None]
             with self.lock, torch.inference_mode():
                 out = self._forward(g.cache, input_ids=tail, logits_to_keep=1)
-            g.add_token(self._sample(out.logits[0, -1], g))
+            g.add_token(sample(out.logits[0, -1], g.sampling, self.top_k, g.input_ids, g.tokens))
             return True
         except BaseException as exc:  # noqa: BLE001 - reaches the reply's consumer
             g.cache = None
@@ -466,7 +431,7 @@ class Engine:
             out = self._forward(g.cache, input_ids=torch.tensor([[g.tokens[-1]]]))
         return out.logits[:, -1]
 
-    def _step_batch(self, batch: _Batch) -> torch.Tensor:
+    def _step_batch(self, batch: Batch) -> torch.Tensor:
         members = batch.members
         ids = torch.tensor([[g.tokens[-1]] for g in members])
         positions = torch.tensor([[g.length] for g in members])  # of the token fed
@@ -482,28 +447,6 @@ class Engine:
         if self._closing:
             raise RuntimeError("The app is closing.")
         return self.model(**inputs, **{self._cache_arg: cache}, use_cache=True)
-
-    def _sample(self, logits: torch.Tensor, g: Generation) -> int:
-        """The next token, as transformers' generate() would pick it with these settings:
-        repetition penalty, then greedy, or temperature, top-k, top-p and a random draw."""
-        s = g.sampling
-        logits = logits.float()
-        if s.repetition_penalty != 1.0:
-            seen = torch.cat([g.input_ids, torch.tensor(g.tokens, dtype=torch.long)])
-            scores = logits.gather(0, seen)
-            scores = torch.where(scores < 0, scores * s.repetition_penalty,
-                                 scores / s.repetition_penalty)
-            logits = logits.scatter(0, seen, scores)
-        if s.temperature <= 0:
-            return int(logits.argmax())
-        logits = logits / s.temperature
-        top, index = torch.topk(logits, min(self.top_k, logits.numel()))
-        probs = torch.softmax(top, dim=0)
-        # Nucleus: keep the most likely tokens until their mass reaches top_p (at least one).
-        outside = (probs.cumsum(0) - probs) >= s.top_p
-        outside[0] = False
-        probs = probs.masked_fill(outside, 0.0)
-        return int(index[torch.multinomial(probs, 1)])
 
 
 @atexit.register
