@@ -86,8 +86,9 @@ def fail(message: str, code: int = 1) -> int:
 def build_engine(config, cache_dir: Path, progress):
     """Load the model (download, convert, quantize as needed) and start its engine. Runs in the
     background while the page is served; a failure is told here and shown on the page."""
-    from qwen_chat import loader
-    from qwen_chat.engine import Engine
+    from qwen_chat.engine import sources as loader
+    from qwen_chat.engine.local import Engine
+    from qwen_chat.engine.threads import ThreadGovernor
     from qwen_chat.errors import ModelLoadError
 
     started = time.perf_counter()
@@ -100,8 +101,10 @@ def build_engine(config, cache_dir: Path, progress):
         raise
     print(f"Model ready in {time.perf_counter() - started:.1f} s "
           f"({model.precision}, {config.thread_count} threads).", flush=True)
+    # threads: auto follows the cores other programs leave free; a number stays fixed.
+    governor = ThreadGovernor(config.thread_count, adaptive=config.threads == "auto")
     return Engine(model, tokenizer, name=config.model_id, kv_cache_mb=config.kv_cache_mb,
-                  max_batch=config.max_batch)
+                  max_batch=config.max_batch, threads=governor)
 
 
 def wait_in_terminal(engine) -> None:
@@ -109,7 +112,7 @@ def wait_in_terminal(engine) -> None:
     from qwen_chat import i18n
 
     told = None
-    while engine.wait(0.5) is None:
+    while not engine.wait_ready(0.5):
         snapshot = engine.progress.snapshot()
         step = (snapshot.phase, (snapshot.percent or 0) // 10)
         if step != told and snapshot.phase not in ("start", "failed"):
@@ -118,7 +121,7 @@ def wait_in_terminal(engine) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qwen_chat import memory
+    from qwen_chat.engine import memory
 
     memory.one_heap()  # before any other thread starts (see qwen_chat/memory.py)
     args = parse_args(argv)
@@ -159,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from qwen_chat import loader
-    from qwen_chat.loading import LoadingEngine, LoadProgress
+    from qwen_chat.engine import sources as loader
+    from qwen_chat.engine.startup import LoadingEngine, LoadProgress
 
     if config.engine == "openai":
-        from qwen_chat.remote import RemoteEngine
+        from qwen_chat.engine.remote import RemoteEngine
 
         engine = RemoteEngine(config.base_url, config.model, api_key=config.api_key,
                               max_batch=config.max_batch)

@@ -25,8 +25,8 @@ import torch  # noqa: E402
 
 from bench.bench import MESSAGES, SYSTEM, materialize  # noqa: E402
 from qwen_chat.config import physical_cores  # noqa: E402
-from qwen_chat.engine import Engine, Sampling  # noqa: E402
-from qwen_chat.loader import load  # noqa: E402
+from qwen_chat.engine.local import Engine, Sampling  # noqa: E402
+from qwen_chat.engine.sources import load  # noqa: E402
 
 
 def run(engine: Engine, prompts: list[list[dict]], sampling: Sampling) -> tuple[float, float, int]:

@@ -126,8 +126,8 @@ class AppEngine:
     name = "engine"
 
     def __init__(self, folder: Path, cache_dir: Path):
-        from qwen_chat import loader
-        from qwen_chat.engine import Engine
+        from qwen_chat.engine import sources as loader
+        from qwen_chat.engine.local import Engine
 
         config = Config()
         load_kw: dict[str, Any] = {}
@@ -162,7 +162,7 @@ class AppEngine:
         `typed`: the last message was typed in the page, which hands the engine a draft as it
         grows (Engine.prepare, one every TYPED_STEP characters here, each prefilled before the
         next: a person types 8 characters in about a second). The clock starts at Send."""
-        from qwen_chat.engine import Sampling
+        from qwen_chat.engine.local import Sampling
 
         sampling = Sampling(temperature=0, max_new_tokens=new_tokens, repetition_penalty=1.0)
         kw = {"cache_key": key} if self.cache_key and key else {}
@@ -417,7 +417,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.child in ("engine", "first-start"):
-        from qwen_chat import memory
+        from qwen_chat.engine import memory
 
         memory.one_heap()  # as app.py does first thing
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr] - progress under nohup
@@ -455,7 +455,7 @@ def main() -> None:
         typed = [Turn(**t) for t in memory["engine"]["typed"]] if memory["engine"].get("typed") else None
     else:  # --skip-memory: both sides in this process, turns interleaved (see bench/README.md)
         import transformers.models.qwen2.modeling_qwen2  # noqa: F401 - imports are not load time
-        from qwen_chat import engine, loader  # noqa: F401
+        from qwen_chat.engine import local, sources  # noqa: F401
         print("Loading both sides in this process ...", flush=True)
         baseline, app = in_thread(Baseline, args.cache), in_thread(AppEngine, args.cache, app_cache)
         features = app.features

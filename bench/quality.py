@@ -72,7 +72,7 @@ def _log_probs(model, seq: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """Next-token log-probs after the prompt and after each reply token (prefill, then decode)."""
     from transformers import DynamicCache
 
-    from qwen_chat.engine import cache_arg
+    from qwen_chat.engine.local import cache_arg
 
     cache, arg = DynamicCache(config=model.config), cache_arg(model)
     out = model(seq[:, :prompt_len], **{arg: cache}, use_cache=True, logits_to_keep=1)
@@ -104,8 +104,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from qwen_chat.loader import load
-    from qwen_chat.precision import apply_precision
+    from qwen_chat.engine.sources import load
+    from qwen_chat.engine.precision import apply_precision
     from tests.models import cache_root, smollm_gguf
 
     torch.manual_seed(0)

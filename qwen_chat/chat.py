@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import psutil
-import torch
 
 from . import i18n, transfer
 from .config import ConfigWatcher
-from .engine import Engine, Reply, Sampling, Stats
+from .engine.contract import ChatEngine, Reply, Sampling, Stats
 from .errors import GenerationError, MessageTooLong, ModelNotLoaded, NotFound
-from .loading import Snapshot
+from .engine.startup import Snapshot
 from .store import COMPLETE, ERROR, STOPPED, STREAMING, Conversation, Message, Store
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def title_from(text: str) -> str:
 
 
 class ChatService:
-    def __init__(self, store: Store, engine: Engine, settings: ConfigWatcher):
+    def __init__(self, store: Store, engine: ChatEngine, settings: ConfigWatcher):
         self.store, self.engine, self.settings = store, engine, settings
         # session -> (its reply being generated, that reply's conversation id)
         self._active: dict[str, tuple[Reply, str]] = {}
@@ -122,12 +121,12 @@ class ChatService:
     def system(self) -> dict:
         """What runs, for the page's System panel: model, precision, threads, batch, memory,
         and the last reply's speed (any browser's: it is the machine's speed)."""
-        last, kv = self.last_stats, self.engine.kv
+        last = self.last_stats
         return {"model": self.engine.name or "?",
                 "precision": self.engine.precision, "loading": self.loading(),
-                "threads": torch.get_num_threads(), "max_batch": self.engine.max_batch,
+                "threads": self.engine.threads, "max_batch": self.engine.max_batch,
                 "memory_mb": psutil.Process().memory_info().rss / 2**20,
-                "kv_cache_mb": kv.nbytes / 2**20 if kv is not None else 0.0,
+                "kv_cache_mb": self.engine.kv_bytes / 2**20,
                 "ttft": last.ttft if last else None,
                 "tokens_per_s": last.tokens_per_s if last else None}
 
@@ -315,7 +314,7 @@ class ChatService:
             if snapshot.phase == "failed":
                 return
             yield ReplyUpdate(conversation, 0, "", STREAMING, loading=snapshot)
-            self.engine.wait(HEARTBEAT_INTERVAL)
+            self.engine.wait_ready(HEARTBEAT_INTERVAL)
 
     def _reply(self, owner: str, conversation: Conversation,
                session: str | None) -> Iterator[ReplyUpdate]:

@@ -9,7 +9,6 @@ the whole conversation and nothing is stored. Errors are OpenAI's error objects,
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import secrets
@@ -22,8 +21,9 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from .chat import ChatService
 from .config import Config
-from .engine import Reply, Sampling, flatten_content
-from .errors import GenerationError
+from .engine.contract import Reply, Sampling
+from .engine.reply import flatten_content
+from .errors import GenerationError, ModelNotLoaded
 
 CREATED = int(time.time())  # the model's "created" time: when this app started
 ROLES = {"system", "developer", "user", "assistant"}  # developer = OpenAI's newer name for system
@@ -129,12 +129,12 @@ def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
 async def _model_ready(service: ChatService) -> None:
     """Wait while the model loads (a request sent at start-up is answered when it is ready);
     an ApiError (503) when loading failed."""
-    while not service.engine.ready:
-        snapshot = service.engine.progress.snapshot()
-        if snapshot.phase == "failed":
-            raise ApiError(503, f"The model could not be loaded: {snapshot.error}",
-                           kind="server_error", code="model_not_loaded")
-        await asyncio.sleep(0.2)
+    try:
+        while not await run_in_threadpool(service.engine.wait_ready, 0.5):
+            pass
+    except ModelNotLoaded as exc:
+        raise ApiError(503, f"The model could not be loaded: {exc}",
+                       kind="server_error", code="model_not_loaded") from exc
 
 
 def health_router(service: ChatService) -> APIRouter:

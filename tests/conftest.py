@@ -19,7 +19,7 @@ def tiny_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dir):
-    from qwen_chat import loader
+    from qwen_chat.engine import sources as loader
 
     return loader.load(str(tiny_dir), cache_dir=cache_root() / "converted")
 
@@ -41,6 +41,6 @@ def model_cache() -> Path:
 @pytest.fixture(scope="session")
 def smollm(gguf_path, model_cache):
     """SmolLM2-135M-Instruct loaded through the same path a user's `model: x.gguf` takes."""
-    from qwen_chat import loader
+    from qwen_chat.engine import sources as loader
 
     return loader.load(str(gguf_path), cache_dir=model_cache)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from qwen_chat import attention
+from qwen_chat.engine import attention
 
 
 @pytest.mark.parametrize("tokens", [1, 5, attention.PACK_ROWS + 1])  # decode, a turn, a document

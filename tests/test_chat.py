@@ -12,7 +12,7 @@ import pytest
 from qwen_chat import chat as chat_module
 from qwen_chat.chat import ChatService, title_from
 from qwen_chat.config import ConfigWatcher, load_config
-from qwen_chat.engine import Engine
+from qwen_chat.engine.local import Engine
 from qwen_chat.errors import MessageTooLong
 from qwen_chat.store import Store
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
-from qwen_chat.engine import Engine, Sampling, flatten_content
+from qwen_chat.engine.local import Engine, Sampling, flatten_content
 from qwen_chat.errors import GenerationError
 
 # repetition_penalty keeps the random tiny model from repeating one token: a varied text,

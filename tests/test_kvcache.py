@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qwen_chat.engine import Engine, Sampling
-from qwen_chat.kvcache import KVCacheStore, cache_bytes, common_prefix
+from qwen_chat.engine.local import Engine, Sampling
+from qwen_chat.engine.kvcache import KVCacheStore, cache_bytes, common_prefix
 
 REPO = Path(__file__).resolve().parent.parent
 GREEDY = Sampling(temperature=0, max_new_tokens=24, repetition_penalty=3.0)
@@ -259,7 +259,7 @@ def test_a_late_keystroke_of_a_message_being_answered_changes_nothing(tiny_model
 def test_a_draft_gives_way_to_a_reply_between_chunks(tiny_model, monkeypatch):
     """A long draft is prefilled DRAFT_CHUNK tokens at a time; a reply that arrives meanwhile
     (another conversation) starts after the current chunk, and the draft keeps what it did."""
-    import qwen_chat.engine as engine_module
+    import qwen_chat.engine.local as engine_module
     monkeypatch.setattr(engine_module, "DRAFT_CHUNK", 8)
     pair = Pair(*tiny_model)
     long_draft = chat("", [], "word " * 60)
@@ -289,8 +289,8 @@ def test_exiting_while_a_draft_is_prefilled_exits_cleanly(tmp_path):
         "import sys, time\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from tests.models import cache_root, tiny_qwen_dir\n"
-        "from qwen_chat import loader\n"
-        "from qwen_chat.engine import Engine\n"
+        "from qwen_chat.engine import sources as loader\n"
+        "from qwen_chat.engine.local import Engine\n"
         "model, tok = loader.load(str(tiny_qwen_dir()), cache_dir=cache_root() / 'converted')\n"
         "engine = Engine(model, tok)\n"
         "engine.prepare([{'role': 'user', 'content': 'word ' * 1500}], 'k')\n"

@@ -27,9 +27,9 @@ import pytest
 from qwen_chat import i18n
 from qwen_chat.chat import ChatService
 from qwen_chat.config import ConfigWatcher, load_config
-from qwen_chat.engine import Engine
+from qwen_chat.engine.local import Engine
 from qwen_chat.errors import ModelLoadError
-from qwen_chat.loading import CAP, LoadingEngine, LoadProgress
+from qwen_chat.engine.startup import CAP, LoadingEngine, LoadProgress
 from qwen_chat.store import Store
 from tests.server import app_servers, free_port, run_app  # noqa: F401 - app_servers: a fixture
 

@@ -1,4 +1,4 @@
-"""qwen_chat.precision: int8 stays close to fp32, keeps generate + DynamicCache working, caches."""
+"""qwen_chat.engine.precision: int8 stays close to fp32, keeps generate + DynamicCache working, caches."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from qwen_chat import precision
-from qwen_chat.engine import cache_arg
-from qwen_chat.loader import load
-from qwen_chat.precision import PRECISIONS, Int8Embedding, Int8Linear, apply_precision
+from qwen_chat.engine import precision
+from qwen_chat.engine.local import cache_arg
+from qwen_chat.engine.sources import load
+from qwen_chat.engine.precision import PRECISIONS, Int8Embedding, Int8Linear, apply_precision
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from qwen_chat import loader
-from qwen_chat.engine import Engine, Sampling
+from qwen_chat.engine import sources as loader
+from qwen_chat.engine.local import Engine, Sampling
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 
 from qwen_chat.chat import ChatService
 from qwen_chat.config import ConfigWatcher, load_config
-from qwen_chat.engine import Engine
+from qwen_chat.engine.local import Engine
 from qwen_chat.store import Store
 from qwen_chat.transfer import ImportRefused
 from tests.server import REPO, app_env, app_servers  # noqa: F401 - app_servers is a fixture

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PRECISIONS  # one list: config.yaml is checked against it too
+from ..config import PRECISIONS  # one list: config.yaml is checked against it too
 
 AUTO_CPU = "int8"  # the measured winner on CPU (see the module docstring)
 CODE_VERSION = 2  # bump when the int8 format or quantization recipe changes (invalidates caches)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import ModelLoadError, ModelNotLoaded
+from ..errors import ModelLoadError, ModelNotLoaded
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +172,20 @@ class LoadingEngine:
     def precision(self) -> str:
         return self._engine.precision if self._engine is not None else "…"
 
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self.wait(timeout) is not None
+
+    @property
+    def threads(self) -> int:
+        return self._engine.threads if self._engine is not None else 0
+
     @property
     def waiting(self) -> int:
         return self._engine.waiting if self._engine is not None else 0
 
     @property
-    def kv(self):
-        return self._engine.kv if self._engine is not None else None
+    def kv_bytes(self) -> int:
+        return self._engine.kv_bytes if self._engine is not None else 0
 
     @property
     def context_length(self) -> int:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .errors import GenerationError
+from ..errors import GenerationError
 
 # How often an idle stream wakes up so its consumer can react to a cancel (seconds).
 POLL_INTERVAL = 0.05
@@ -67,10 +67,12 @@ class Reply:
         self._done = threading.Event()
         self._error: BaseException | None = None
 
-    def _end(self, error: BaseException | None = None) -> None:
+    def _end(self, error: BaseException | None = None, *, signal: bool = True) -> None:
+        """The reply is over; `signal`: also end the stream of pieces (None)."""
         self._error = error
         self._done.set()
-        self._pieces.put(None)
+        if signal:
+            self._pieces.put(None)
 
     def __iter__(self) -> Iterator[str]:
         while True:

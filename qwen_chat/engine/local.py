@@ -24,13 +24,14 @@ import weakref
 from collections import Counter, deque
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, TextIteratorStreamer
 
 from . import memory, prompt
 from .batching import Batch
 from .kvcache import KVCacheStore
 from .reply import Reply, Sampling, Stats, flatten_content, stop_replies  # noqa: F401 - re-exported
 from .sampling import DEFAULT_TOP_K, sample
+from .threads import ThreadGovernor
 
 # A draft is prefilled this many tokens at a time; between two passes a reply that arrived goes
 # first, so a draft delays a reply by at most one pass (about 0.1 s on 2 cores).
@@ -54,6 +55,35 @@ def cache_arg(model) -> str:
     return "past_key_values"
 
 
+class Streamer(TextIteratorStreamer):
+    """transformers' streamer, fed with put/end by the scheduler: it hands out text at once,
+    except a token that ends inside a multi-byte character (Chinese, emoji), which waits for
+    the rest. (The base class also holds English back to the last space, which delays the
+    first word on the page by a decode step; byte-level BPE never rewrites decoded text.)"""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, skip_prompt=False, skip_special_tokens=True)
+
+    def put(self, value: torch.Tensor) -> None:
+        self.token_cache.extend(value.tolist())
+        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        if text.endswith("\ufffd"):
+            return
+        printable, self.print_len = text[self.print_len:], len(text)
+        if text.endswith("\n"):  # a line is complete: decode from here on
+            self.token_cache, self.print_len = [], 0
+        if printable:
+            self.on_finalized_text(printable)
+
+    def flush(self) -> None:
+        """Hand out what is held back (half a character at the very end), the stream open."""
+        if self.token_cache:
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            printable, self.token_cache, self.print_len = text[self.print_len:], [], 0
+            if printable:
+                self.on_finalized_text(printable)
+
+
 class Generation(Reply):
     """One reply of this engine."""
 
@@ -64,11 +94,13 @@ class Generation(Reply):
         self.sampling, self.cache_key = sampling, cache_key
         self.cache: DynamicCache | None = None  # this reply's keys/values while it is not batched
         self.tokens: list[int] = []  # generated so far (the last one is not yet in the cache)
-        self._tokenizer = engine.tokenizer
         self._eos = engine.eos_token_ids
         self._started = time.perf_counter()
         self._first_at: float | None = None
-        self._text = ""  # decoded text handed out so far
+        # Text is decoded incrementally (only the tokens since the last line break), never
+        # the whole reply per token; its queue is the one this Reply is iterated from.
+        self.streamer = Streamer(engine.tokenizer)
+        self._pieces = self.streamer.text_queue
         engine.submit(self)
 
     @property
@@ -85,23 +117,15 @@ class Generation(Reply):
         self.stats.new_tokens = len(self.tokens)
         if len(self.tokens) > 1 and now > self._first_at:
             self.stats.tokens_per_s = (len(self.tokens) - 1) / (now - self._first_at)
-        self._emit(final=False)
-
-    def _emit(self, final: bool) -> None:
-        text = self._tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd") and not final:
-            return  # half of a multi-byte character (Chinese, emoji): wait for the rest
-        if len(text) > len(self._text):
-            self._pieces.put(text[len(self._text):])
-            self._text = text
+        self.streamer.put(torch.tensor([token]))
 
     def finish(self, error: BaseException | None = None) -> None:
         """The reply is over (ended, stopped or failed): release the consumer."""
         if self._done.is_set():
             return
-        if self.tokens:
-            self._emit(final=True)
-        self._end(error)
+        self._error = error  # before the stream's end, where its reader checks it
+        self.streamer.end()
+        self._end(error, signal=False)
 
     @property
     def token_ids(self) -> list[int]:
@@ -118,13 +142,15 @@ class Generation(Reply):
 
 
 class Engine:
-    """A loaded causal LM and its tokenizer, generating up to `max_batch` replies together."""
+    """A loaded causal LM and its tokenizer, generating up to `max_batch` replies together
+    (the engine contract, contract.ChatEngine, on this CPU)."""
 
     ready = True  # see loading.LoadingEngine, which stands in for an engine while it loads
     progress = None
 
     def __init__(self, model, tokenizer, *, name: str = "", kv_cache_mb: int = 256,
-                 max_batch: int = 4):
+                 max_batch: int = 4, threads: ThreadGovernor | None = None,
+                 autostart: bool = True):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.max_batch = max(1, max_batch)
         self.lock = threading.Lock()  # held during each forward pass (warm() takes it too)
@@ -137,6 +163,11 @@ class Engine:
         self._waiting: deque[Generation] = deque()
         self._wake = threading.Condition()
         self._scheduler: threading.Thread | None = None
+        self._autostart = autostart  # False: a test drives step() itself
+        self._running: list[Generation] = []  # the scheduler's: replies being decoded
+        self._batch: Batch | None = None  # their stacked caches, while more than one runs
+        # The model's thread count (threads.py); by default fixed at what torch has now.
+        self.governor = threads or ThreadGovernor(torch.get_num_threads(), adaptive=False)
         self._jobs: deque = deque()  # other model work (warm) for the scheduler's thread
         # Messages being typed, by cache key: the latest draft's prompt ids, and an event set
         # once it has been prefilled, skipped or replaced. Run only while no reply needs the CPU.
@@ -161,6 +192,18 @@ class Engine:
         if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
             ids.append(im_end)
         return sorted({i for i in ids if isinstance(i, int)})
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return True  # loaded: see startup.LoadingEngine for the wait while it loads
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.kv.nbytes
+
+    @property
+    def threads(self) -> int:
+        """Threads the model computes with now (fewer while other programs keep cores busy)."""
+        return self.governor.threads or self.governor.max_threads
 
     @property
     def precision(self) -> str:
@@ -192,7 +235,7 @@ class Engine:
 
     def _run_scheduler(self) -> None:
         """Start the scheduler's thread if it is not running (call with self._wake held)."""
-        if self._scheduler is None:
+        if self._scheduler is None and self._autostart:
             self._scheduler = threading.Thread(target=self._schedule, name="qwen-chat-engine",
                                                daemon=True)
             self._scheduler.start()
@@ -297,34 +340,52 @@ class Engine:
     # ended whenever idle made the process abort at exit 1 time in 6: it stays.)
 
     def _schedule(self) -> None:
-        running: list[Generation] = []
-        batch: Batch | None = None
         while True:
-            admitted = self._admit(len(running))
-            try:
-                running += [g for g in admitted if self._prefill(g)]
-                ended = [g for g in running if g.cancel.is_set() or self._over(g)]
-                if batch is not None and (ended or batch.members != running):
-                    batch.split(self.model.config)  # the batch changes: rebuilt below
-                    batch = None
-                for g in ended:
-                    running.remove(g)
-                    self._end(g)
-                if not running:
-                    continue
-                if len(running) == 1:
-                    logits = self._step_one(running[0])
-                else:
-                    batch = batch or Batch(running, self.model.config)
-                    logits = self._step_batch(batch)
-                self.step_sizes[len(running)] += 1
-                for g, row in zip(running, logits):
-                    g.add_token(sample(row, g.sampling, self.top_k, g.input_ids, g.tokens))
-            except BaseException as exc:  # noqa: BLE001 - handed to every reply in the step
-                for g in running:
-                    g.cache = None
-                    g.finish(exc)
-                running, batch = [], None
+            self.step()
+
+    def step(self) -> list[Generation]:
+        """One turn of the scheduler, in three parts: schedule (admit waiting replies, waiting
+        while there is no work, prefill them; end finished ones; batch the rest), run the model
+        (one decode pass over the batch), hand out (sample each reply's next token and stream
+        it). Returns the replies that got a token from the decode pass."""
+        try:
+            running = self._schedule_step(self._admit(len(self._running)))
+            if not running:
+                return []
+            logits = self._decode(running)
+            self._hand_out(running, logits)
+            return running
+        except BaseException as exc:  # noqa: BLE001 - handed to every reply in the step
+            for g in self._running:
+                g.cache = None
+                g.finish(exc)
+            self._running, self._batch = [], None
+            return []
+
+    def _schedule_step(self, admitted: list[Generation]) -> list[Generation]:
+        """Prefill the admitted replies (each gets its first token), end the finished ones and
+        keep their caches; returns the replies this step decodes."""
+        self._running += [g for g in admitted if self._prefill(g)]
+        ended = [g for g in self._running if g.cancel.is_set() or self._over(g)]
+        if self._batch is not None and (ended or self._batch.members != self._running):
+            self._batch.split(self.model.config)  # the batch changes: rebuilt in _decode
+            self._batch = None
+        for g in ended:
+            self._running.remove(g)
+            self._end(g)
+        return self._running
+
+    def _decode(self, running: list[Generation]) -> torch.Tensor:
+        """One forward pass over every running reply's last token: their next-token logits."""
+        self.step_sizes[len(running)] += 1
+        if len(running) == 1:
+            return self._step_one(running[0])
+        self._batch = self._batch or Batch(running, self.model.config)
+        return self._step_batch(self._batch)
+
+    def _hand_out(self, running: list[Generation], logits: torch.Tensor) -> None:
+        for g, row in zip(running, logits):
+            g.add_token(sample(row, g.sampling, self.top_k, g.input_ids, g.tokens))
 
     def _admit(self, busy: int) -> list[Generation]:
         """Replies to start now, first come first served, as room allows; waits while idle.
@@ -336,7 +397,9 @@ class Engine:
                     memory.trim()  # idle: return freed memory to the system
                 while not self._jobs and not self._waiting and not busy and not self._drafts:
                     self._resting.set()
-                    self._wake.wait()
+                    self._wake.wait(None if self._closing else self.governor.idle_wait)
+                    if not self._closing:
+                        self.governor.sample()  # keeps the load measured while idle
                 self._resting.clear()
                 jobs = list(self._jobs)
                 self._jobs.clear()
@@ -393,7 +456,7 @@ class Engine:
         extension (a few tokens, tens of ms) only delays the end of the reply's stream."""
         cache, g.cache = g.cache, None
         if g.cache_key and cache is not None and self.kv.budget > 0:
-            g._emit(final=True)
+            g.streamer.flush()  # all the text is shown before the cache is extended
             self._keep(g, cache)
         g.finish()
 
@@ -446,6 +509,7 @@ class Engine:
         stop_all has run, none starts: the process may be exiting (see stop_all)."""
         if self._closing:
             raise RuntimeError("The app is closing.")
+        self.governor.before_pass()
         return self.model(**inputs, **{self._cache_arg: cache}, use_cache=True)
 
 

@@ -18,8 +18,8 @@ import threading
 from pathlib import Path
 
 from . import memory
-from .errors import ModelLoadError
-from .loading import LoadProgress
+from ..errors import ModelLoadError
+from .startup import LoadProgress
 
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 MODELSCOPE = "modelscope:"

@@ -16,7 +16,6 @@ import weakref
 import httpx
 
 from .reply import Reply, Sampling, flatten_content, stop_replies
-from .kvcache import KVCacheStore
 
 CHARS_PER_TOKEN = 3  # no tokenizer here: prompt sizes are estimated (about 3 UTF-8 bytes a token)
 CONNECT_TIMEOUT = 10.0
@@ -92,21 +91,25 @@ def _error_message(raw: bytes) -> str:
 
 
 class RemoteEngine:
-    """The engine interface of `Engine`, served by an OpenAI-compatible server."""
+    """The engine contract (contract.ChatEngine), served by an OpenAI-compatible server."""
 
     precision = "remote"
     ready = True  # nothing to load here
     progress = None
     context_length = 32768  # unknown here: the server refuses what does not fit
+    threads = 0  # the server's business
+    kv_bytes = 0  # the server keeps its own caches
 
     def __init__(self, base_url: str, model: str, *, api_key: str = "", max_batch: int = 4):
         self.base_url, self.name, self.max_batch = base_url.rstrip("/"), model, max_batch
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(base_url=self.base_url, headers=headers,
                                    timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT))
-        self.kv = KVCacheStore(0)  # the server keeps its own caches
         self.waiting = 0
         self._replies: "weakref.WeakSet[RemoteReply]" = weakref.WeakSet()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return True
 
     def count_tokens(self, messages: list[dict]) -> int:
         text = "".join(flatten_content(m["content"]) for m in messages)
