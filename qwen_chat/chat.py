@@ -29,6 +29,9 @@ SAVE_INTERVAL = 1.0  # seconds between commits of a streaming reply
 # While nothing new arrives (prefill, waiting for the engine), the consumer still gets an update
 # this often, so that a closed consumer (Stop, a closed tab) is noticed.
 HEARTBEAT_INTERVAL = 0.25
+# Streamed text reaches the page and API clients at most this often (a token every 20-80 ms
+# would cost a page update each): 25 updates a second look continuous.
+UPDATE_INTERVAL = 0.04
 TITLE_LENGTH = 40
 # A message longer than this many characters per allowed token is refused without tokenizing it.
 CHARS_PER_TOKEN_LIMIT = 16
@@ -347,6 +350,7 @@ class ChatService:
                 with self._active_lock:
                     self._active[session] = (generation, conversation.id)
             saved_at = yielded_at = time.monotonic()
+            shown = 0  # pieces the consumer has been handed
             for piece in generation:
                 now = time.monotonic()
                 if piece:
@@ -354,9 +358,14 @@ class ChatService:
                     if now - saved_at >= SAVE_INTERVAL:
                         self.store.update_message(reply.id, content="".join(parts))
                         saved_at = now
-                elif now - yielded_at < HEARTBEAT_INTERVAL:
-                    continue  # nothing new: wake the consumer only now and then
-                yielded_at = now
+                # The first words at once, then at most one update per UPDATE_INTERVAL (what
+                # the eye sees), and a heartbeat now and then while nothing new comes.
+                due = UPDATE_INTERVAL if len(parts) > shown else HEARTBEAT_INTERVAL
+                if shown and now - yielded_at < due:
+                    continue
+                if not shown and not parts and now - yielded_at < HEARTBEAT_INTERVAL:
+                    continue
+                yielded_at, shown = now, len(parts)
                 yield ReplyUpdate(conversation, reply.id, "".join(parts), STREAMING, stats, None, notice)
             status = STOPPED if generation.cancel.is_set() else COMPLETE
         except GeneratorExit:  # the consumer went away: Stop, a closed tab, a reload
