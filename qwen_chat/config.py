@@ -112,7 +112,8 @@ open_browser: true
 # 对话与缓存的存放文件夹，相对于本文件。（需重启）
 data_dir: data
 
-# CPU threads for the model: auto (physical cores) or a number. (restart)
+# CPU threads for the model: auto (physical cores, fewer while other programs keep cores busy)
+# or a number (fixed). (restart)
 # 模型使用的 CPU 线程数：auto（物理核心数）或一个数字。（需重启）
 threads: auto
 
