@@ -1,5 +1,9 @@
 """The chat service: what happens when a user sends a message, shared by every front end.
 
+config.yaml is read once when a message arrives (`config()`); that frozen snapshot is passed
+down to every step of the message (length check, prompt, sampling), so a save mid-reply applies
+to the next message, never to half of this one. What the model reads is decided in context.py.
+
 The user's message is committed before generation starts; the reply is committed while it
 streams (at least once a second), and once more when it ends, however it ends: complete, stopped
 (the consumer closed this generator) or error. A kill at any moment loses at most the last second.
@@ -16,8 +20,8 @@ from typing import Iterator
 
 import psutil
 
-from . import i18n, transfer
-from .config import ConfigWatcher
+from . import context, i18n, transfer
+from .config import Config, ConfigSnapshot, ConfigWatcher
 from .engine.contract import ChatEngine, Reply, Sampling, Stats
 from .errors import GenerationError, MessageTooLong, ModelNotLoaded, NotFound
 from .engine.startup import Snapshot
@@ -33,13 +37,6 @@ HEARTBEAT_INTERVAL = 0.25
 # would cost a page update each): 25 updates a second look continuous.
 UPDATE_INTERVAL = 0.04
 TITLE_LENGTH = 40
-# A message longer than this many characters per allowed token is refused without tokenizing it.
-CHARS_PER_TOKEN_LIMIT = 16
-# Once history must be cut, cut it to this share of max_input_tokens: the prompt's start then
-# stays the same for several turns, so the KV cache keeps being reused.
-REFILL = 0.75
-# Replies that the model sees again as history: what the user saw, minus failures.
-_HISTORY_STATUSES = {COMPLETE, STOPPED, "interrupted"}
 
 
 @dataclass
@@ -58,6 +55,33 @@ class ReplyUpdate:
 def draft_key(session: str) -> str:
     """The KV cache key of what a tab types in a new chat (it has no conversation id yet)."""
     return f"draft:{session}"
+
+
+def wait_for_model(engine: ChatEngine, interval: float) -> Iterator[Snapshot]:
+    """Block until the model is ready, yielding how far its loading is at once and then every
+    `interval` seconds (so the waiter can say so, and notice that its consumer went away).
+    Raises ModelNotLoaded once loading failed. Replies (page, /chat, terminal) and /v1 wait
+    this way; an engine that is ready yields nothing."""
+    while not engine.wait_ready(0):
+        snapshot = engine.progress.snapshot()
+        if snapshot.phase == "failed":  # told before the engine's wait gives up
+            raise ModelNotLoaded(snapshot.error or "The model could not be loaded.")
+        yield snapshot
+        engine.wait_ready(interval)
+
+
+def config_warnings(snapshot: ConfigSnapshot, told: int | None) -> list[tuple[str, dict]]:
+    """What a page last told about config version `told` should tell its user now: the
+    refused save and the keys waiting for a restart, as (i18n key, values). Each page keeps
+    its own `told`, so every open page tells its user once per saved change."""
+    if snapshot.version == told:
+        return []
+    notes = []
+    if snapshot.error:
+        notes.append(("config_invalid", {"error": snapshot.error}))
+    if snapshot.restart_needed:
+        notes.append(("restart_needed", {"keys": ", ".join(snapshot.restart_needed)}))
+    return notes
 
 
 def title_from(text: str) -> str:
@@ -80,15 +104,19 @@ class ChatService:
         stream, or marked interrupted at the next start if its stream is gone), and wait."""
         self.engine.stop_all(timeout)
 
-    def warm(self) -> None:
-        """Have the engine pre-fill the current system prompt, the start of every new chat, so
-        that a first message only prefills its own words. Runs in the background; does nothing
-        when that system prompt is already cached."""
-        system = self.settings.current().system_prompt
-        if system == self._warmed:
+    def config(self) -> ConfigSnapshot:
+        """config.yaml now, for one message: read once when it arrives, then passed down."""
+        return self.settings.snapshot()
+
+    def warm(self, config: Config | None = None) -> None:
+        """Have the engine pre-fill the system prompt (`config`'s, else the current one), the
+        start of every new chat, so that a first message only prefills its own words. Runs in
+        the background; does nothing when that system prompt is already cached."""
+        config = config or self.config().config
+        if config.system_prompt == self._warmed:
             return
-        self._warmed = system
-        messages = [{"role": "system", "content": system}] if system.strip() else []
+        self._warmed = config.system_prompt
+        messages = context.system_messages(config)
 
         def run() -> None:
             try:
@@ -156,15 +184,17 @@ class ChatService:
 
     # Replies --------------------------------------------------------------------------------
     def send(self, owner: str, conversation_id: str | None, text: str, *,
-             session: str | None = None) -> Iterator[ReplyUpdate]:
+             session: str | None = None, config: Config | None = None) -> Iterator[ReplyUpdate]:
         """Store the user's message (a new conversation if none is given), then stream a reply.
 
         A message with nothing but white space is ignored: nothing is stored or yielded.
         `session` names the caller (a browser tab) so that `stop(session)` can end this reply.
+        `config`: the settings the caller read when the message arrived (read here if None).
         """
         if not text or not text.strip():
             return
-        self.check_length(text)
+        config = config or self.config().config
+        self.check_length(text, config)
         if conversation_id:
             conversation = self.store.get_conversation(owner, conversation_id)
         else:
@@ -172,7 +202,7 @@ class ChatService:
             if session is not None:  # what was typed in the new chat was prefilled under this
                 self.engine.adopt(draft_key(session), conversation.id)
         self.store.add_message(conversation.id, "user", text)
-        yield from self._reply(owner, conversation, session)
+        yield from self._reply(owner, conversation, session, config)
 
     def draft(self, owner: str, conversation_id: str | None, text: str, *,
               session: str) -> threading.Event | None:
@@ -182,7 +212,8 @@ class ChatService:
         prefilled, replaced or skipped), or None when there is nothing to prefill."""
         if not text.strip() or not self.engine.ready:
             return None
-        if len(text) > CHARS_PER_TOKEN_LIMIT * self.input_budget():
+        config = self.config().config
+        if len(text) > context.CHARS_PER_TOKEN_LIMIT * self.input_budget(config):
             return None
         try:
             stored = self.store.messages(owner, conversation_id) if conversation_id else []
@@ -190,14 +221,16 @@ class ChatService:
             return None
         draft = Message(0, conversation_id or "", "user", text, time.time())
         try:  # the prompt _reply will build once the message is stored
-            prompt, _, _ = self._prompt(owner, conversation_id or "", [*stored, draft])
+            fitted = self._prompt(config, [*stored, draft])
         except MessageTooLong:
             return None
-        return self.engine.prepare(prompt, conversation_id or draft_key(session))
+        return self.engine.prepare(fitted.messages, conversation_id or draft_key(session))
 
-    def retry(self, owner: str, conversation_id: str, *,
-              session: str | None = None) -> Iterator[ReplyUpdate]:
-        """Replace the last reply with a new one (or answer a last user message left unanswered)."""
+    def retry(self, owner: str, conversation_id: str, *, session: str | None = None,
+              config: Config | None = None) -> Iterator[ReplyUpdate]:
+        """Replace the last reply with a new one (or answer a last user message left unanswered).
+        `config` as for send."""
+        config = config or self.config().config
         conversation = self.store.get_conversation(owner, conversation_id)
         history = self.store.messages(owner, conversation_id)
         if history and history[-1].role == "assistant":
@@ -205,88 +238,25 @@ class ChatService:
             history = history[:-1]
         if not history or history[-1].role != "user":
             return
-        yield from self._reply(owner, conversation, session)
+        yield from self._reply(owner, conversation, session, config)
 
-    def input_budget(self) -> int:
-        """Prompt tokens allowed: max_input_tokens, within the model's context minus the reply."""
-        config = self.settings.current()
-        if not self.engine.ready:  # the model's context is not known yet
-            return config.max_input_tokens
-        room = self.engine.context_length - config.max_new_tokens
-        return max(64, min(config.max_input_tokens, room))
+    def input_budget(self, config: Config | None = None) -> int:
+        """Prompt tokens allowed for a message under `config` (the current one if None)."""
+        config = config or self.config().config
+        return context.input_budget(config, self.engine.context_length if self.engine.ready else None)
 
-    def check_length(self, text: str) -> None:
-        """Refuse (MessageTooLong, nothing stored) a message that cannot fit in the prompt."""
-        config, budget = self.settings.current(), self.input_budget()
-        if len(text) > CHARS_PER_TOKEN_LIMIT * budget:
-            raise MessageTooLong(
-                f"This message is too long ({len(text):,} characters): the model reads at most "
-                f"{budget:,} tokens. Shorten it or split it (max_input_tokens in config.yaml).")
-        if not self.engine.ready:
-            return  # counted when the model is ready (ChatService.fit), before the reply starts
-        system = [{"role": "system", "content": config.system_prompt}] if config.system_prompt.strip() else []
-        needed = self.engine.count_tokens([*system, {"role": "user", "content": text}])
-        if needed > budget:
-            raise MessageTooLong(
-                f"This message is too long ({needed:,} tokens with the system prompt): the model "
-                f"reads at most {budget:,}. Shorten it or split it (max_input_tokens in config.yaml).")
+    def check_length(self, text: str, config: Config | None = None) -> None:
+        """Refuse (MessageTooLong, nothing stored) a message that cannot fit in the prompt.
+        Before the model is ready only its characters are counted; its tokens are counted
+        when its prompt is fitted, before the reply starts."""
+        config = config or self.config().config
+        context.check_length(text, config, budget=self.input_budget(config),
+                             count=self.engine.count_tokens if self.engine.ready else None)
 
-    def fit(self, messages: list[dict], already_dropped: int = 0) -> tuple[list[dict], int]:
-        """Leave out the oldest history so that the prompt fits input_budget(); the system
-        prompt and the last message always stay. Returns (prompt, messages left out).
-
-        `already_dropped` (the previous reply's count) is kept while the prompt still fits, so
-        the prompt's start is stable and the KV cache stays useful; when more must go, history
-        is cut to REFILL of the budget, at a user message."""
-        budget = self.input_budget()
-        system = messages[:1] if messages and messages[0]["role"] == "system" else []
-        history = messages[len(system):]
-        sizes: dict[int, int] = {}  # prompt tokens when the k oldest messages are left out
-
-        def size(k: int) -> int:
-            if k not in sizes:
-                sizes[k] = self.engine.count_tokens([*system, *history[k:]])
-            return sizes[k]
-
-        dropped = max(0, min(already_dropped, len(history) - 1))
-        if size(dropped) <= budget:
-            return [*system, *history[dropped:]], dropped
-        while dropped < len(history) - 1 and size(dropped) > REFILL * budget:
-            dropped += 1
-            while dropped < len(history) - 1 and history[dropped]["role"] != "user":
-                dropped += 1
-        if size(dropped) > budget:
-            raise MessageTooLong(f"The last message alone is longer than the {budget:,} tokens "
-                                 "the model reads (max_input_tokens in config.yaml).")
-        return [*system, *history[dropped:]], dropped
-
-    def prompt_messages(self, owner: str, conversation_id: str,
-                        stored: list[Message] | None = None) -> list[dict]:
-        """What the model sees: the system prompt, then the history (or only the last message).
-        `stored`: the conversation's messages when the caller has read them already."""
-        config = self.settings.current()
-        if stored is None:
-            stored = self.store.messages(owner, conversation_id)
-        stored = [m for m in stored
-                  if m.role == "user" or (m.status in _HISTORY_STATUSES and m.content)]
-        if not config.enable_history:
-            stored = [m for m in stored if m.role == "user"][-1:]
-        messages = [{"role": m.role, "content": m.content} for m in stored]
-        for message, m in zip(messages, stored):
-            if m.role == "assistant" and m.token_ids:
-                message["token_ids"] = m.token_ids  # the model's own ids for its own words
-        if config.system_prompt.strip():
-            messages.insert(0, {"role": "system", "content": config.system_prompt})
-        return messages
-
-    def _prompt(self, owner: str, conversation_id: str,
-                stored: list[Message]) -> tuple[list[dict], int, int]:
-        """What the model reads to answer the last of `stored` (a conversation's messages),
-        cut to fit: (prompt, messages left out, how many the previous reply left out)."""
-        earlier = [m.dropped for m in stored if m.role == "assistant" and m.dropped is not None]
-        previous = earlier[-1] if earlier else 0
-        prompt, dropped = self.fit(self.prompt_messages(owner, conversation_id, stored), previous)
-        return prompt, dropped, previous
+    def _prompt(self, config: Config, stored: list[Message]) -> context.Fitted:
+        """What the model reads to answer the last of `stored` (a conversation's messages)."""
+        return context.build(config, stored, budget=self.input_budget(config),
+                             count=self.engine.count_tokens)
 
     def stop(self, session: str) -> str | None:
         """End the reply streaming for `session` (a Stop click); other sessions are untouched.
@@ -310,41 +280,28 @@ class ChatService:
             time.sleep(0.05)
         return True
 
-    def _wait_for_model(self, conversation: Conversation) -> Iterator[ReplyUpdate]:
-        """While the model loads, say how far it is (and notice a closed consumer)."""
-        while not self.engine.ready:
-            snapshot = self.engine.progress.snapshot()
-            if snapshot.phase == "failed":
-                return
-            yield ReplyUpdate(conversation, 0, "", STREAMING, loading=snapshot)
-            self.engine.wait_ready(HEARTBEAT_INTERVAL)
-
-    def _reply(self, owner: str, conversation: Conversation,
-               session: str | None) -> Iterator[ReplyUpdate]:
-        if not self.engine.ready:
-            try:
-                yield from self._wait_for_model(conversation)
-            except ModelNotLoaded:
-                pass
-            if not self.engine.ready:  # loading failed: the reply is that error, saved as such
-                error = self.engine.progress.snapshot().error or "the model could not be loaded"
-                reply = self.store.add_message(conversation.id, "assistant", "", status=ERROR)
-                self.store.update_message(reply.id, status=ERROR, error=error)
-                yield ReplyUpdate(conversation, reply.id, "", ERROR, error=error)
-                return
-        config = self.settings.current()
+    def _reply(self, owner: str, conversation: Conversation, session: str | None,
+               config: Config) -> Iterator[ReplyUpdate]:
+        try:  # while the model loads, say how far it is (and notice a closed consumer)
+            for snapshot in wait_for_model(self.engine, HEARTBEAT_INTERVAL):
+                yield ReplyUpdate(conversation, 0, "", STREAMING, loading=snapshot)
+        except ModelNotLoaded as exc:  # loading failed: the reply is that error, saved as such
+            error = str(exc)
+            reply = self.store.add_message(conversation.id, "assistant", "", status=ERROR)
+            self.store.update_message(reply.id, status=ERROR, error=error)
+            yield ReplyUpdate(conversation, reply.id, "", ERROR, error=error)
+            return
         sampling = Sampling(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens,
                             repetition_penalty=config.repetition_penalty)
-        prompt, dropped, previous = self._prompt(owner, conversation.id,
-                                                 self.store.messages(owner, conversation.id))
-        notice = (i18n.text("en", "dropped", budget=self.input_budget())
-                  if dropped and not previous else None)
+        fitted = self._prompt(config, self.store.messages(owner, conversation.id))
+        notice = (i18n.text("en", "dropped", budget=self.input_budget(config))
+                  if fitted.newly_cut else None)
         reply = self.store.add_message(conversation.id, "assistant", "", status=STREAMING)
         parts: list[str] = []
         status, error, stats, generation = STREAMING, None, Stats(), None
         try:
-            generation = self.engine.generate(prompt, sampling, cache_key=conversation.id)
+            generation = self.engine.generate(fitted.messages, sampling, cache_key=conversation.id)
             stats = generation.stats
             if session is not None:
                 with self._active_lock:
@@ -389,8 +346,8 @@ class ChatService:
                 reply.id, content="".join(parts), status=status, error=error,
                 prompt_tokens=stats.prompt_tokens, cached_tokens=stats.cached_tokens,
                 new_tokens=stats.new_tokens,
-                ttft=stats.ttft, tokens_per_s=stats.tokens_per_s, dropped=dropped,
+                ttft=stats.ttft, tokens_per_s=stats.tokens_per_s, dropped=fitted.dropped,
                 tokens=json.dumps(token_ids) if token_ids else None)
             if self._warmed is not None:  # warming is on: re-warm a hot-reloaded system prompt
-                self.warm()
+                self.warm(config)
         yield ReplyUpdate(conversation, reply.id, "".join(parts), status, stats, error, notice)

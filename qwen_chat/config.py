@@ -9,15 +9,18 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # see precision.py
@@ -27,6 +30,9 @@ DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpf
 RESTART_KEYS = ("model", "engine", "base_url", "api_key", "host", "port", "username", "password",
                 "server_api_key", "queue_size", "max_batch", "data_dir", "threads", "kv_cache_mb",
                 "precision")
+# Keys a conversation may set for itself, over config.yaml's (context.chat_config).
+CHAT_KEYS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty", "enable_history",
+             "max_input_tokens", "system_prompt")
 
 DEFAULT_CONFIG_TEXT = f"""\
 # Qwen Chat settings. Save this file: sampling and history settings apply to the next message.
@@ -301,6 +307,15 @@ def parse_config(text: str, *, source: str = "config.yaml", base_dir: Path = Pat
     return Config(**values, base_dir=base_dir)
 
 
+def override(config: Config, values: Mapping[str, Any], *, source: str) -> Config:
+    """`config` with some of CHAT_KEYS replaced by `values`, each checked as in config.yaml."""
+    for key in values:
+        if key not in CHAT_KEYS:
+            raise ConfigError(f"{source}: '{key}' cannot be set here; "
+                              f"allowed: {', '.join(CHAT_KEYS)}.")
+    return dataclasses.replace(config, **{k: _check(k, v, source) for k, v in values.items()})
+
+
 def load_config(path: Path) -> Config:
     """Read config.yaml, writing the commented defaults first when it does not exist."""
     path = Path(path)
@@ -314,22 +329,31 @@ def load_config(path: Path) -> Config:
     return parse_config(text, source=str(path), base_dir=path.resolve().parent)
 
 
-class ConfigWatcher:
-    """Hands out the current Config, re-reading config.yaml when it changed on disk.
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    """config.yaml as read for one message: the settings every step of that message uses, and
+    what was wrong with the last save (each page tells its user once per `version`)."""
+    config: Config
+    version: int = 0  # goes up each time a saved change is read
+    error: str | None = None  # the last save was refused (`config` is the last good one)
+    restart_needed: tuple[str, ...] = ()  # saved start-up keys that wait for a restart
 
-    Called once per message, so a saved edit applies to the next message without a restart.
-    An invalid edit keeps the last good settings and reports the error; keys that only apply at
-    start-up keep their start-up values and are reported as needing a restart.
+
+class ConfigWatcher:
+    """Hands out the current settings, re-reading config.yaml when it changed on disk.
+
+    Read once per message (ChatService.config), so a saved edit applies to the next message
+    without a restart and never to half of one. An invalid edit keeps the last good settings
+    and reports the error; keys that only apply at start-up keep their start-up values and are
+    reported as needing a restart.
     """
 
     def __init__(self, path: Path, initial: Config):
         self.path = Path(path)
         self._startup = initial
-        self._current = initial
-        self._stamp = self._read_stamp()
         self._lock = threading.Lock()
-        self.error: str | None = None
-        self.restart_needed: tuple[str, ...] = ()
+        self._snapshot = ConfigSnapshot(initial)
+        self._stamp = self._read_stamp()
 
     def _read_stamp(self) -> tuple[int, int] | None:
         try:
@@ -338,20 +362,35 @@ class ConfigWatcher:
             return None
         return (st.st_mtime_ns, st.st_size)
 
-    def current(self) -> Config:
+    def snapshot(self) -> ConfigSnapshot:
+        """The settings now (re-read if the file was saved since), with its problems."""
         with self._lock:
             stamp = self._read_stamp()
-            if stamp is None or stamp == self._stamp:
-                return self._current
-            self._stamp = stamp
-            try:
-                fresh = load_config(self.path)
-            except ConfigError as exc:
-                self.error = str(exc)
-                return self._current
-            self.error = None
-            self.restart_needed = tuple(
-                k for k in RESTART_KEYS if getattr(fresh, k) != getattr(self._startup, k))
-            keep = {k: getattr(self._startup, k) for k in RESTART_KEYS}
-            self._current = dataclasses.replace(fresh, **keep)
-            return self._current
+            if stamp is not None and stamp != self._stamp:
+                self._stamp = stamp
+                self._snapshot = self._reload(self._snapshot)
+            return self._snapshot
+
+    def current(self) -> Config:
+        return self.snapshot().config
+
+    @property
+    def error(self) -> str | None:
+        return self._snapshot.error
+
+    @property
+    def restart_needed(self) -> tuple[str, ...]:
+        return self._snapshot.restart_needed
+
+    def _reload(self, last: ConfigSnapshot) -> ConfigSnapshot:
+        version = last.version + 1
+        try:
+            fresh = load_config(self.path)
+        except ConfigError as exc:
+            log.warning("config.yaml was not applied: %s", exc)  # the terminal's copy
+            return ConfigSnapshot(last.config, version, str(exc), last.restart_needed)
+        restart = tuple(k for k in RESTART_KEYS if getattr(fresh, k) != getattr(self._startup, k))
+        if restart:
+            log.warning("Saved config.yaml: restart the app to apply %s.", ", ".join(restart))
+        keep = {k: getattr(self._startup, k) for k in RESTART_KEYS}
+        return ConfigSnapshot(dataclasses.replace(fresh, **keep), version, None, restart)

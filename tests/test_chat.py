@@ -10,6 +10,7 @@ import time
 import pytest
 
 from qwen_chat import chat as chat_module
+from qwen_chat import context
 from qwen_chat.chat import ChatService, title_from
 from qwen_chat.config import ConfigWatcher, load_config
 from qwen_chat.engine.local import Engine
@@ -129,14 +130,14 @@ def test_history_setting_and_system_prompt_apply_to_the_next_message(setup):
     final = list(service.send(OWNER, None, "first question"))[-1]
     cid = final.conversation.id
     list(service.send(OWNER, cid, "second question"))
-    prompt = service.prompt_messages(OWNER, cid)
+    prompt = context.prompt_messages(service.config().config, service.messages(OWNER, cid))
     assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user", "assistant"]
     assert prompt[0]["content"] == "Be brief."
 
     write_config(config_path, CONFIG.format(n=12).replace("Be brief.", "Be kind.")
                  + "enable_history: false\n")
     service.store.add_message(cid, "user", "third question")
-    prompt = service.prompt_messages(OWNER, cid)
+    prompt = context.prompt_messages(service.config().config, service.messages(OWNER, cid))
     assert prompt == [{"role": "system", "content": "Be kind."},
                       {"role": "user", "content": "third question"}]
     # Earlier turns are still stored and shown.
@@ -248,7 +249,8 @@ def test_a_long_conversation_drops_its_oldest_turns_and_says_so_once(setup):
     # reuses its KV cache) instead of re-prefilling from a new start every turn.
     assert dropped[first] % 2 == 0 and any(d == dropped[i - 1] for i, d in enumerate(dropped) if i > first)
     assert any(c > 20 for c in cached[first + 1:])
-    prompt, _ = service.fit(service.prompt_messages(OWNER, cid), dropped[-1])
+    prompt = context.build(service.config().config, service.messages(OWNER, cid), budget=256,
+                           count=service.engine.count_tokens).messages
     assert prompt[0] == {"role": "system", "content": "Be brief."} and prompt[1]["role"] == "user"
     assert prompt[-2]["content"].startswith("turn 9") and prompt[-1]["role"] == "assistant"
     assert len(service.messages(OWNER, cid)) == 20  # all of it is still stored and shown
