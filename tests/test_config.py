@@ -136,6 +136,24 @@ def test_start_up_keys_say_a_restart_is_needed(tmp_path):
     assert set(watcher.restart_needed) == {"port", "model"}
 
 
+def test_a_snapshot_is_one_frozen_reading_versioned_per_save(tmp_path):
+    path = tmp_path / "config.yaml"
+    write(path, "temperature: 0.3\n")
+    watcher = ConfigWatcher(path, load_config(path))
+    first = watcher.snapshot()
+    assert (first.version, first.error, first.config.temperature) == (0, None, 0.3)
+    assert watcher.snapshot() is first  # nothing saved: the same reading
+    write(path, "temperature: 9\n")
+    refused = watcher.snapshot()
+    assert (refused.version, refused.config.temperature) == (1, 0.3)
+    assert "temperature = 9" in refused.error
+    assert (first.version, first.error) == (0, None)  # a reading never changes afterwards
+    write(path, "temperature: 0.4\nport: 9\n")
+    fixed = watcher.snapshot()
+    assert (fixed.version, fixed.error, fixed.restart_needed) == (2, None, ("port",))
+    assert fixed.config.temperature == 0.4 and fixed.config.port == 8080
+
+
 
 def test_the_shipped_config_yaml_is_valid():
     from pathlib import Path
