@@ -9,16 +9,21 @@ plain message and a non-zero exit code, never a bare stack trace.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import logging
 import os
 import secrets
 import socket
+import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 HERE = Path(__file__).resolve().parent
+SAVE_WAIT = 1.0  # seconds the streams of stopped replies get to save them, at exit
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -120,6 +125,60 @@ def wait_in_terminal(engine) -> None:
             print(i18n.loading("en", snapshot), flush=True)
 
 
+def wait_saved(db_path: Path, timeout: float) -> bool:
+    """Wait (bounded) until no reply in the database is still marked streaming: a stopped
+    reply is saved by its own stream, a moment after the engine has ended it."""
+    from qwen_chat.store import STREAMING
+
+    deadline = time.monotonic() + timeout
+    # A connection of its own: only reads, and the store's is busy with the replies' saves.
+    with contextlib.closing(sqlite3.connect(str(db_path), timeout=timeout)) as conn:
+        while conn.execute("SELECT 1 FROM messages WHERE status = ? LIMIT 1",
+                           [STREAMING]).fetchone():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+    return True
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process without Python's own finalization, which costs more than a second here
+    (a full garbage collection and the teardown of torch, transformers and gradio's modules)
+    and has nothing left to do: the database is closed and the atexit handlers run first.
+    It also skips the C++ destructors that abort a process with a torch op still running."""
+    atexit._run_exitfuncs()  # logging's flush among them
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class Shutdown:
+    """Ctrl+C or SIGTERM: end the replies, save them, close the database and exit, in well
+    under 1.5 s. Waiting for the server to end on its own took 3 s more: uvicorn gives open
+    responses a grace period, and an open page's event stream never ends by itself. Once every
+    reply is saved nothing is left worth waiting for, so whichever comes first ends the
+    process: the thread the signal starts (`on_signal`) or the server returning (`finish`)."""
+
+    def __init__(self, service, store):
+        self.service, self.store = service, store
+        self._once = threading.Lock()
+
+    def on_signal(self) -> None:
+        """web.serve's on_stop: runs in its own thread at the first signal."""
+        print("Stopping: ending replies and saving them ...", flush=True)
+        self.finish()
+
+    def finish(self, code: int = 0) -> NoReturn:
+        with self._once:  # the first caller ends the process; a second one waits for that
+            self.service.shutdown()  # every reply ends within one step, saved as stopped
+            if not wait_saved(self.store.path, SAVE_WAIT):
+                print("A reply was still being saved: it is marked interrupted at the next "
+                      "start.", flush=True)
+            self.store.close()  # folds the write-ahead log back into the database file
+            print("Stopped. 已退出。", flush=True)
+            exit_now(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     from qwen_chat.engine import memory
 
@@ -216,21 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         demo.queue(default_concurrency_limit=4, max_size=config.queue_size)
         ready = lambda url: print(f"\nQwen Chat is running: {url.rstrip('/')}\n"  # noqa: E731
                                   "Press Ctrl+C to stop. 按 Ctrl+C 退出。\n", flush=True)
+        shutdown = Shutdown(service, store)
         serve(demo, host=config.host, port=config.port, auth=config.credentials,
               auth_message=AUTH_MESSAGE, launch_options=launch_options(), on_ready=ready,
               open_browser=config.open_browser and not args.no_browser, api_params=API_PARAMS,
-              on_stop=service.shutdown,
+              on_stop=shutdown.on_signal,
               routers=(health_router(service),
                        openai_router(service, model_id=config.model_id, api_key=config.openai_key,
                                      key_required=not config.local_only,
                                      queue_size=config.queue_size)))
-        print("Stopping: ending replies and saving them ...", flush=True)
-        service.shutdown()
+        shutdown.finish()  # the server ended first (nothing was open): saves, closes, exits
     finally:
         store.close()
-    print("Stopped. 已退出。", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
