@@ -58,4 +58,4 @@ def add_api(service: ChatService, *, concurrency_id: str) -> None:
 
     gr.api(chat, api_name="chat", concurrency_limit=service.engine.max_batch,
            concurrency_id=concurrency_id)
-    gr.api(conversations, api_name="conversations")
+    gr.api(conversations, api_name="conversations", concurrency_limit=service.engine.max_batch)

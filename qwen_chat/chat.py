@@ -243,7 +243,8 @@ class ChatService:
     def input_budget(self, config: Config | None = None) -> int:
         """Prompt tokens allowed for a message under `config` (the current one if None)."""
         config = config or self.config().config
-        return context.input_budget(config, self.engine.context_length if self.engine.ready else None)
+        known = self.engine.context_length if self.engine.ready else None
+        return context.input_budget(config, known)
 
     def check_length(self, text: str, config: Config | None = None) -> None:
         """Refuse (MessageTooLong, nothing stored) a message that cannot fit in the prompt.

@@ -48,7 +48,9 @@ def input_budget(config: Config, context_length: int | None) -> int:
 
 def system_messages(config: Config) -> list[dict]:
     """The system message every prompt starts with; none when system_prompt is blank."""
-    return [{"role": "system", "content": config.system_prompt}] if config.system_prompt.strip() else []
+    if not config.system_prompt.strip():
+        return []
+    return [{"role": "system", "content": config.system_prompt}]
 
 
 def check_length(text: str, config: Config, *, budget: int, count: Count | None) -> None:

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from .chat import ChatService
+from .chat import ChatService, wait_for_model
 from .config import Config
 from .engine.contract import Reply, Sampling
 from .engine.reply import flatten_content
@@ -28,6 +28,7 @@ from .errors import GenerationError, ModelNotLoaded
 CREATED = int(time.time())  # the model's "created" time: when this app started
 ROLES = {"system", "developer", "user", "assistant"}  # developer = OpenAI's newer name for system
 CACHE_KEY = "openai-api"  # one KV cache slot: a client's next turn reuses its previous prompt
+WAIT_INTERVAL = 0.5  # seconds between looks at a model still loading
 
 
 class ApiError(Exception):
@@ -83,7 +84,7 @@ def _stops(body: dict) -> list[str]:
 
 
 class _Request:
-    """A validated chat completion request."""
+    """A validated chat completion request, under `config`: config.yaml as read once for it."""
 
     def __init__(self, body: Any, service: ChatService, model_id: str, config: Config):
         if not isinstance(body, dict):
@@ -103,7 +104,7 @@ class _Request:
         self.stream = bool(body.get("stream", False))
         options = body.get("stream_options") or {}
         self.include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-        budget = service.input_budget()
+        budget = service.input_budget(config)
         self.prompt_tokens = service.engine.count_tokens(self.messages)
         if self.prompt_tokens > budget:
             raise ApiError(400, f"This model's maximum context length is {budget} tokens "
@@ -130,7 +131,7 @@ async def _model_ready(service: ChatService) -> None:
     """Wait while the model loads (a request sent at start-up is answered when it is ready);
     an ApiError (503) when loading failed."""
     try:
-        while not await run_in_threadpool(service.engine.wait_ready, 0.5):
+        async for _ in iterate_in_threadpool(wait_for_model(service.engine, WAIT_INTERVAL)):
             pass
     except ModelNotLoaded as exc:
         raise ApiError(503, f"The model could not be loaded: {exc}",
@@ -193,7 +194,7 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
                 raise ApiError(400, "We could not parse the JSON body of your request.") from None
             await _model_ready(service)
             req = await run_in_threadpool(_Request, body, service, model_id,
-                                          service.settings.current())
+                                          service.config().config)
             if service.engine.waiting >= queue_size:
                 raise ApiError(503, "The app is busy (the queue is full). Please try again.",
                                kind="server_error", code="busy")

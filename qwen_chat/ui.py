@@ -16,7 +16,8 @@ from pathlib import Path
 import gradio as gr
 
 from . import i18n
-from .chat import ChatService, ReplyUpdate
+from .chat import ChatService, ReplyUpdate, config_warnings
+from .config import Config
 from .errors import MessageTooLong, NotFound
 from .store import COMPLETE, STREAMING, Message
 from .transfer import ImportRefused
@@ -79,7 +80,6 @@ def status_line(update: ReplyUpdate, lang: str) -> str:
 
 def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
     t = gr.I18n(**i18n.TRANSLATIONS)
-    notified: set[str] = set()
 
     def choices(owner: str) -> list[tuple[str, str]]:
         return [(c.title, c.id) for c in service.conversations(owner)] if owner else []
@@ -89,45 +89,43 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             return []
         return [shown(m, lang) for m in service.messages(owner, conversation_id)]
 
-    def notify_config(lang: str) -> None:
-        """Tell the user once per change that an edit was rejected or needs a restart."""
-        watcher = service.settings
-        watcher.current()
-        notes = []
-        if watcher.error:
-            notes.append(i18n.text(lang, "config_invalid", error=watcher.error))
-        if watcher.restart_needed:
-            notes.append(i18n.text(lang, "restart_needed", keys=", ".join(watcher.restart_needed)))
-        for note in notes:
-            if note not in notified:
-                notified.add(note)
-                log.warning("%s", note)
-                gr.Warning(note)
+    def read_config(told: int | None, lang: str) -> tuple[Config, int]:
+        """config.yaml for one message, read once as it arrives: (its settings, the version
+        this page has now told its user about). A refused save, or keys waiting for a
+        restart, are told once per saved change on every page (`told` is this page's)."""
+        snapshot = service.config()
+        for key, values in config_warnings(snapshot, told):
+            gr.Warning(i18n.text(lang, key, **values))
+        return snapshot.config, snapshot.version
 
-    def on_load(owner, request: gr.Request):
+    def on_load(owner, told, request: gr.Request):
         lang = lang_of(request)
+        _, told = read_config(told, lang)  # a page opened after a bad save is told too
         owner = owner or secrets.token_hex(16)
         convs = choices(owner)
         current = convs[0][1] if convs else None
         return (owner, gr.update(choices=convs, value=current), current,
-                chat_of(owner, current, lang), "")
+                chat_of(owner, current, lang), "", told)
 
-    def take_message(text: str, chat: list, request: gr.Request):
-        """Show the user's message at once and clear the box; the reply streams next.
+    def take_message(text: str, chat: list, told: int | None, request: gr.Request):
+        """Show the user's message at once and clear the box; the reply streams next, with
+        the settings read here (kept in `settings` for it).
 
         The box stays locked until the reply ends (however it ends): a second message sent
         while the first is answered would otherwise land before the first has its conversation.
         A message too long for the model stays in the box, with a warning; nothing is sent.
         """
         if not text or not text.strip():
-            return gr.update(value=""), chat, ""
+            return gr.update(value=""), chat, "", None, told
+        lang = lang_of(request)
+        config, told = read_config(told, lang)
         try:
-            service.check_length(text)
+            service.check_length(text, config)
         except MessageTooLong:
-            gr.Warning(i18n.text(lang_of(request), "too_long", budget=service.input_budget()))
-            return gr.skip(), chat, ""
+            gr.Warning(i18n.text(lang, "too_long", budget=service.input_budget(config)))
+            return gr.skip(), chat, "", None, told
         return (gr.update(value="", interactive=False),
-                chat + [{"role": "user", "content": as_text(text)}], text)
+                chat + [{"role": "user", "content": as_text(text)}], text, config, told)
 
     def typing(owner, current, text, request: gr.Request):
         """The message box changed: prefill what it holds while the user is still typing."""
@@ -137,7 +135,7 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             except Exception:  # noqa: BLE001 - only a head start: Send works without it
                 log.exception("Could not prefill the message being typed")
 
-    def stream(updates, owner: str, chat: list, lang: str, known: str | None):
+    def stream(updates, owner: str, chat: list, lang: str, known: str | None, config: Config):
         """Relay a service stream to (chatbot, current, conversation list, status)."""
         chat = list(chat) + [{"role": "assistant", "content": ""}]
         told = False
@@ -146,7 +144,7 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                 for update in updates:
                     if update.notice and not told:  # once per conversation (see ChatService.fit)
                         told = True
-                        gr.Info(i18n.text(lang, "dropped", budget=service.input_budget()))
+                        gr.Info(i18n.text(lang, "dropped", budget=service.input_budget(config)))
                     message = Message(update.message_id, update.conversation.id, "assistant",
                                       update.text, 0.0, status=update.status, error=update.error)
                     chat[-1] = shown(message, lang)
@@ -159,33 +157,34 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                 gr.Warning(i18n.text(lang, "deleted"))
                 yield [], None, gr.update(choices=choices(owner), value=None), ""
             except MessageTooLong:  # a retry after max_input_tokens was lowered
-                gr.Warning(i18n.text(lang, "too_long", budget=service.input_budget()))
+                gr.Warning(i18n.text(lang, "too_long", budget=service.input_budget(config)))
 
-    def send(owner, current, text, chat, request: gr.Request):
-        if not text:
+    def send(owner, current, text, config, chat, request: gr.Request):
+        if not text or config is None:
             return
         lang = lang_of(request)
-        notify_config(lang)
         if current and not service.exists(owner, current):
             # Deleted in another tab: keep the message, in a new conversation.
             gr.Warning(i18n.text(lang, "gone"))
             current, chat = None, chat[-1:]
-        updates = service.send(owner, current, text, session=request.session_hash)
-        yield from stream(updates, owner, chat, lang, current)
+        updates = service.send(owner, current, text, session=request.session_hash, config=config)
+        yield from stream(updates, owner, chat, lang, current, config)
 
-    def retry(owner, current, request: gr.Request):
+    def retry(owner, current, told, request: gr.Request):
+        """Relay a new reply to the last message: (chatbot, current, list, status, told)."""
         if not current:
             return
         lang = lang_of(request)
-        notify_config(lang)
+        config, told = read_config(told, lang)
         try:
             chat = chat_of(owner, current, lang)
         except NotFound:
             chat = []  # the relay below reports it
         if chat and chat[-1]["role"] == "assistant":
             chat = chat[:-1]
-        updates = service.retry(owner, current, session=request.session_hash)
-        yield from stream(updates, owner, chat, lang, current)
+        updates = service.retry(owner, current, session=request.session_hash, config=config)
+        for shown_now in stream(updates, owner, chat, lang, current, config):
+            yield (*shown_now, told)
 
     def stop(owner, request: gr.Request):
         """Stop this tab's reply, then show it as saved: marked "stopped"."""
@@ -264,7 +263,9 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
     with gr.Blocks(title="Qwen Chat", analytics_enabled=False) as demo:
         owner = gr.BrowserState(None, storage_key="qwen_chat_owner", secret=secret)
         current = gr.State(None)
-        pending = gr.State("")
+        pending = gr.State("")  # the message taken from the box, for its reply
+        settings = gr.State(None)  # the config that message was read with (its snapshot)
+        told = gr.State(None)  # the config version this page last told its user about
         with gr.Sidebar(open=True):
             gr.Markdown(f"### {t('conversations')}")
             new_btn = gr.Button(t("new_chat"), variant="primary", elem_id="new-chat")
@@ -305,20 +306,23 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             retry_btn = gr.Button(t("retry"), scale=0, min_width=90, elem_id="retry")
         status = gr.Markdown("", elem_id="status")
 
-        private = dict(api_visibility="private")
+        # Replies in flight at once, the engine's batch; later ones wait in the queue. Every
+        # other queued event of the page follows it too (the queue's default would not).
+        together = service.engine.max_batch
+        private = dict(api_visibility="private", concurrency_limit=together)
         outputs = [chatbot, current, conversations, status]
-        together = service.engine.max_batch  # replies in flight; later ones wait in the queue
-        demo.load(on_load, [owner], [owner, conversations, current, chatbot, status], **private)
+        demo.load(on_load, [owner, told], [owner, conversations, current, chatbot, status, told],
+                  **private)
         # While the model loads, the banner says how far it is, once a second, then goes away.
         demo.load(model_status, outputs=[banner, poll], queue=False, **private)
         poll.tick(model_status, outputs=[banner, poll], queue=False, **private)
         streams = []
         for trigger in (box.submit, send_btn.click):
             streams.append(
-                trigger(take_message, [box, chatbot], [box, chatbot, pending], queue=False,
-                        **private)
-                .then(send, [owner, current, pending, chatbot], outputs,
-                      concurrency_limit=together, concurrency_id=GENERATE, **private))
+                trigger(take_message, [box, chatbot, told], [box, chatbot, pending, settings, told],
+                        queue=False, **private)
+                .then(send, [owner, current, pending, settings, chatbot], outputs,
+                      concurrency_id=GENERATE, **private))
             streams[-1].then(lambda: gr.update(interactive=True), outputs=[box], queue=False,
                              **private)
         # Each keystroke hands the draft to the engine, which prefills it while idle (only the
@@ -326,7 +330,7 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         box.input(typing, [owner, current, box], None, queue=False, trigger_mode="always_last",
                   show_progress="hidden", **private)
         for trigger in (retry_btn.click, chatbot.retry):
-            streams.append(trigger(retry, [owner, current], outputs, concurrency_limit=together,
+            streams.append(trigger(retry, [owner, current, told], [*outputs, told],
                                    concurrency_id=GENERATE, **private))
         # Stop ends this tab's reply through the service (it then ends, saved and marked, within
         # one decode step); cancelling the events also drops a reply still waiting in the queue.

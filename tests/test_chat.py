@@ -314,3 +314,99 @@ def test_a_message_typed_before_send_is_prefilled_and_the_reply_says_so(setup):
     assert service.draft("x" * 32, conv.id, "Hi", session="tab") is None
     service.delete(OWNER, conv.id)
     assert service.draft(OWNER, conv.id, "Hi", session="tab") is None
+
+
+# One config snapshot per message ---------------------------------------------------------------
+def count_config_reads(service, monkeypatch) -> list[int]:
+    """Record each reading of config.yaml the service makes (the watcher's snapshot)."""
+    reads, read = [], service.settings.snapshot
+    monkeypatch.setattr(service.settings, "snapshot", lambda: reads.append(1) or read())
+    return reads
+
+
+def test_config_is_read_once_per_message_and_a_save_mid_reply_applies_to_the_next(
+        setup, monkeypatch):
+    service, config_path = setup
+    write_config(config_path, CONFIG.format(n=40))
+    service.warm()  # on, as in the app: a reply's end re-warms a changed system prompt
+    reads = count_config_reads(service, monkeypatch)
+    asked = []  # what the model was given: (messages, sampling)
+    generate = service.engine.generate
+    monkeypatch.setattr(service.engine, "generate", lambda messages, sampling, **kw: (
+        asked.append((messages, sampling)) or generate(messages, sampling, **kw)))
+
+    updates = service.send(OWNER, None, "first question", session="tab")
+    next(u for u in updates if u.text)
+    write_config(config_path, CONFIG.format(n=5).replace("Be brief.", "Be kind.")
+                 + "max_input_tokens: 300\n")  # saved while the reply streams
+    first = list(updates)[-1]
+    assert len(reads) == 1
+    assert first.status == "complete" and first.stats.new_tokens == 40
+    assert rows(service, first.conversation.id)[1]["new_tokens"] == 40
+    assert asked[0][0][0] == {"role": "system", "content": "Be brief."}
+    assert asked[0][1].max_new_tokens == 40
+
+    cid = first.conversation.id  # the next message: the saved settings
+    second = list(service.send(OWNER, cid, "second question", session="tab"))[-1]
+    assert len(reads) == 2 and second.stats.new_tokens == 5
+    assert asked[1][0][0] == {"role": "system", "content": "Be kind."}
+    retried = list(service.retry(OWNER, cid, session="tab"))[-1]
+    assert len(reads) == 3 and retried.stats.new_tokens == 5
+
+    # A caller that read the config as the message arrived (the page) hands it down: no read.
+    config = service.config().config
+    list(service.send(OWNER, cid, "third question", config=config))
+    assert len(reads) == 4
+
+
+def test_a_refused_config_save_is_told_on_every_page_once(setup):
+    """Each page keeps the config version it last told its user about (ui.py: gr.State)."""
+    service, config_path = setup
+    pages = {"tab-1": None, "tab-2": None}  # page -> version told
+    told = {page: [] for page in pages}
+
+    def message_from(page):  # what a page does as a message arrives
+        snapshot = service.config()
+        told[page] += chat_module.config_warnings(snapshot, pages[page])
+        pages[page] = snapshot.version
+
+    message_from("tab-1")
+    message_from("tab-2")
+    assert told == {"tab-1": [], "tab-2": []}  # nothing wrong: nothing said
+
+    write_config(config_path, "temperature: 9\n")
+    for _ in range(3):
+        message_from("tab-1")
+    message_from("tab-2")
+    message_from("tab-2")
+    for page in pages:
+        [(key, values)] = told[page]  # once each, the second page too
+        assert key == "config_invalid" and "temperature = 9" in values["error"]
+
+    write_config(config_path, CONFIG.format(n=12) + "port: 9999\n")  # fixed, and a restart key
+    message_from("tab-2")
+    message_from("tab-1")
+    message_from("tab-1")
+    for page in pages:
+        assert told[page][1:] == [("restart_needed", {"keys": "port"})]
+
+
+def test_the_pages_concurrency_follows_max_batch(tmp_path, tiny_model):
+    """Every queued event of the page and the script API runs up to max_batch at once (the
+    replies as one group): none is left to the queue's default."""
+    from qwen_chat.api import add_api
+    from qwen_chat.ui import GENERATE, build_ui
+
+    config_path = tmp_path / "config.yaml"
+    write_config(config_path, "max_batch: 3\n")
+    store = Store(tmp_path / "chat.db")
+    service = ChatService(store, Engine(*tiny_model, max_batch=3),
+                          ConfigWatcher(config_path, load_config(config_path)))
+    demo = build_ui(service, secret="s" * 64)
+    with demo:
+        add_api(service, concurrency_id=GENERATE)
+    queued = [fn for fn in demo.fns.values() if fn.fn is not None and fn.queue]
+    assert {fn.concurrency_limit for fn in queued} == {3}
+    replies = {fn.name for fn in queued if fn.concurrency_id == GENERATE}
+    assert replies == {"send", "retry", "chat"}
+    store.close()
