@@ -11,6 +11,7 @@ import logging
 import re
 import secrets
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -37,6 +38,16 @@ CSS = """
 #conversations label.selected, #conversations label.selected * { color: white; }
 """
 GENERATE = "generate"  # one concurrency group: as many replies as the engine batches
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A message taken from the box (take_message, not queued, so the page shows it at once)
+    with what its reply (send, queued) needs: the config read as it arrived, and what to tell
+    the user. Only a queued event can show a warning on the page, so send tells it."""
+    text: str  # "" when nothing is sent (a message too long stays in the box)
+    config: Config
+    notes: tuple[str, ...] = ()
 
 
 def lang_of(request: gr.Request | None) -> str:
@@ -89,18 +100,23 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             return []
         return [shown(m, lang) for m in service.messages(owner, conversation_id)]
 
-    def read_config(told: int | None, lang: str) -> tuple[Config, int]:
+    def read_config(told: int | None, lang: str) -> tuple[Config, int, tuple[str, ...]]:
         """config.yaml for one message, read once as it arrives: (its settings, the version
-        this page has now told its user about). A refused save, or keys waiting for a
-        restart, are told once per saved change on every page (`told` is this page's)."""
+        this page has now told its user about, what to tell). A refused save, or keys waiting
+        for a restart, are told once per saved change on every page (`told` is this page's)."""
         snapshot = service.config()
-        for key, values in config_warnings(snapshot, told):
-            gr.Warning(i18n.text(lang, key, **values))
-        return snapshot.config, snapshot.version
+        notes = tuple(i18n.text(lang, key, **values)
+                      for key, values in config_warnings(snapshot, told))
+        return snapshot.config, snapshot.version, notes
+
+    def tell(notes: tuple[str, ...]) -> None:
+        for note in notes:
+            gr.Warning(note)
 
     def on_load(owner, told, request: gr.Request):
         lang = lang_of(request)
-        _, told = read_config(told, lang)  # a page opened after a bad save is told too
+        _, told, notes = read_config(told, lang)  # a page opened after a bad save is told too
+        tell(notes)
         owner = owner or secrets.token_hex(16)
         convs = choices(owner)
         current = convs[0][1] if convs else None
@@ -109,23 +125,24 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
 
     def take_message(text: str, chat: list, told: int | None, request: gr.Request):
         """Show the user's message at once and clear the box; the reply streams next, with
-        the settings read here (kept in `settings` for it).
+        the settings read here: (box, chatbot, Taken, told).
 
         The box stays locked until the reply ends (however it ends): a second message sent
         while the first is answered would otherwise land before the first has its conversation.
         A message too long for the model stays in the box, with a warning; nothing is sent.
         """
         if not text or not text.strip():
-            return gr.update(value=""), chat, "", None, told
+            return gr.update(value=""), chat, None, told
         lang = lang_of(request)
-        config, told = read_config(told, lang)
+        config, told, notes = read_config(told, lang)
         try:
             service.check_length(text, config)
         except MessageTooLong:
-            gr.Warning(i18n.text(lang, "too_long", budget=service.input_budget(config)))
-            return gr.skip(), chat, "", None, told
+            refused = i18n.text(lang, "too_long", budget=service.input_budget(config))
+            return gr.skip(), chat, Taken("", config, (*notes, refused)), told
         return (gr.update(value="", interactive=False),
-                chat + [{"role": "user", "content": as_text(text)}], text, config, told)
+                chat + [{"role": "user", "content": as_text(text)}], Taken(text, config, notes),
+                told)
 
     def typing(owner, current, text, request: gr.Request):
         """The message box changed: prefill what it holds while the user is still typing."""
@@ -159,10 +176,13 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             except MessageTooLong:  # a retry after max_input_tokens was lowered
                 gr.Warning(i18n.text(lang, "too_long", budget=service.input_budget(config)))
 
-    def send(owner, current, text, config, chat, request: gr.Request):
-        if not text or config is None:
+    def send(owner, current, taken: Taken | None, chat, request: gr.Request):
+        if taken is None:
             return
-        lang = lang_of(request)
+        tell(taken.notes)
+        if not taken.text:
+            return
+        text, config, lang = taken.text, taken.config, lang_of(request)
         if current and not service.exists(owner, current):
             # Deleted in another tab: keep the message, in a new conversation.
             gr.Warning(i18n.text(lang, "gone"))
@@ -175,7 +195,8 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         if not current:
             return
         lang = lang_of(request)
-        config, told = read_config(told, lang)
+        config, told, notes = read_config(told, lang)
+        tell(notes)
         try:
             chat = chat_of(owner, current, lang)
         except NotFound:
@@ -263,8 +284,7 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
     with gr.Blocks(title="Qwen Chat", analytics_enabled=False) as demo:
         owner = gr.BrowserState(None, storage_key="qwen_chat_owner", secret=secret)
         current = gr.State(None)
-        pending = gr.State("")  # the message taken from the box, for its reply
-        settings = gr.State(None)  # the config that message was read with (its snapshot)
+        pending = gr.State(None)  # the message taken from the box, for its reply (a Taken)
         told = gr.State(None)  # the config version this page last told its user about
         with gr.Sidebar(open=True):
             gr.Markdown(f"### {t('conversations')}")
@@ -319,9 +339,9 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         streams = []
         for trigger in (box.submit, send_btn.click):
             streams.append(
-                trigger(take_message, [box, chatbot, told], [box, chatbot, pending, settings, told],
+                trigger(take_message, [box, chatbot, told], [box, chatbot, pending, told],
                         queue=False, **private)
-                .then(send, [owner, current, pending, settings, chatbot], outputs,
+                .then(send, [owner, current, pending, chatbot], outputs,
                       concurrency_id=GENERATE, **private))
             streams[-1].then(lambda: gr.update(interactive=True), outputs=[box], queue=False,
                              **private)
