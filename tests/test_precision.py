@@ -194,12 +194,23 @@ def test_corrupt_cache_is_rebuilt(tiny_dir, tmp_path):
 
 @pytest.mark.slow
 def test_smollm_int8_agrees_with_fp32(smollm):
-    """The issue's quality bar on a real instruct model: bench/quality.py's 54 prompts."""
-    from bench.quality import MIN_AGREEMENT, PROMPTS, measure
+    """The issue's quality bar on a real instruct model: bench/quality.py's 54 prompts and
+    measures, with fp32's side computed once per weights and torch version (tests/models.py)."""
+    from bench.quality import MIN_AGREEMENT, PROMPTS, _log_probs
+
+    from tests.models import fp32_reference
 
     model, tok = smollm
     quant, _ = apply_precision(copy.deepcopy(model), "int8")
-    result = measure(model, quant, tok, PROMPTS, new_tokens=16)
+    agree = total = 0
+    kl_sum = 0.0
+    for seq, prompt_len, ref in fp32_reference(model, tok, PROMPTS, new_tokens=16):
+        got = _log_probs(quant, seq, prompt_len)  # prefill, then the reply one token at a time
+        agree += (ref.argmax(-1) == got.argmax(-1)).sum().item()
+        kl_sum += (ref.exp() * (ref - got)).sum(-1).sum().item()  # KL(fp32 || int8)
+        total += ref.shape[0]
+    result = {"prompts": len(PROMPTS), "positions": total, "top1_agreement": agree / total,
+              "mean_kl": kl_sum / total}
     print(result)
     # One position after the prompt, then one per reply token fed back (all but the last).
     assert len(PROMPTS) >= 50 and result["positions"] == 16 * len(PROMPTS)
