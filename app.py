@@ -100,12 +100,15 @@ def build_engine(config, cache_dir: Path, progress):
     print(f"Loading {config.model} ...", flush=True)
     try:
         model, tokenizer = loader.load(config.model_source, cache_dir=cache_dir,
-                                       precision=config.precision, progress=progress)
+                                       precision=config.precision, progress=progress,
+                                       threads=config.thread_count)
     except ModelLoadError as exc:
         fail(f"{exc}\n(The page says so too. Fix it, then stop with Ctrl+C and start again.)")
         raise
     print(f"Model ready in {time.perf_counter() - started:.1f} s "
           f"({model.precision}, {config.thread_count} threads).", flush=True)
+    if model.calibration is not None:
+        print(f"Kernels: {model.calibration.summary()}", flush=True)
     # threads: auto follows the cores other programs leave free; a number stays fixed.
     governor = ThreadGovernor(config.thread_count, adaptive=config.threads == "auto")
     return Engine(model, tokenizer, name=config.model_id, kv_cache_mb=config.kv_cache_mb,

@@ -8,8 +8,17 @@ top-1 agreement with fp32 and KL(fp32 || other).
 
     python bench/quality.py                      # SmolLM2-135M-Instruct from the test cache
     python bench/quality.py --precision bf16 --new-tokens 32
+    python bench/quality.py --precision int4 --scramble
 
 int8 stays the default precision only with an agreement of at least 95% (tests/test_precision.py).
+
+The Q4_1 caveat: this SmolLM2 comes from a GGUF file whose layers are Q4_1 (an int4 grid with a
+min and a step per 32 consecutive input weights), so int4 with groups of 32 is lossless on it by
+construction and cannot judge int4 for a real bf16 checkpoint. `--scramble` first permutes the
+model's input features (hidden size, MLP width, each value head's dimensions) and every weight
+that touches them, which leaves the model's function unchanged (RMSNorm and attention are
+equivariant to it) but scatters each group of 32 across 32 different Q4_1 blocks: the grid is
+gone, as in a checkpoint that was never quantized. (Its embedding / lm_head is Q8_0.)
 """
 
 from __future__ import annotations
@@ -83,6 +92,45 @@ def _log_probs(model, seq: torch.Tensor, prompt_len: int) -> torch.Tensor:
     return F.log_softmax(torch.stack(rows).float(), dim=-1)
 
 
+@torch.no_grad()
+def scramble(model, seed: int = 0):
+    """Permute `model`'s input features without changing its function (see the docstring).
+    Llama / Qwen2 layouts (q/k/v/o, gate/up/down, input and post-attention norms)."""
+    g = torch.Generator().manual_seed(seed)
+    inner = model.model
+    hidden = inner.embed_tokens.weight.shape[1]
+    p = torch.randperm(hidden, generator=g)
+    inner.embed_tokens.weight.copy_(inner.embed_tokens.weight[:, p])
+    head = model.get_output_embeddings()
+    if head.weight is not inner.embed_tokens.weight:
+        head.weight.copy_(head.weight[:, p])
+    inner.norm.weight.copy_(inner.norm.weight[p])
+    for layer in inner.layers:
+        att, mlp = layer.self_attn, layer.mlp
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norm.weight.copy_(norm.weight[p])
+        for lin in (att.q_proj, att.k_proj, att.v_proj, mlp.gate_proj, mlp.up_proj):
+            lin.weight.copy_(lin.weight[:, p])
+        for lin in (att.o_proj, mlp.down_proj):  # outputs feed the residual stream
+            lin.weight.copy_(lin.weight[p])
+            if lin.bias is not None:
+                lin.bias.copy_(lin.bias[p])
+        m = torch.randperm(mlp.gate_proj.weight.shape[0], generator=g)
+        for lin in (mlp.gate_proj, mlp.up_proj):
+            lin.weight.copy_(lin.weight[m])
+        mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, m])
+        d = att.head_dim
+        kv = att.v_proj.weight.shape[0] // d
+        per = [torch.randperm(d, generator=g) + h * d for h in range(kv)]
+        att.v_proj.weight.copy_(att.v_proj.weight[torch.cat(per)])
+        if att.v_proj.bias is not None:
+            att.v_proj.bias.copy_(att.v_proj.bias[torch.cat(per)])
+        heads = att.o_proj.weight.shape[1] // d
+        cols = torch.cat([per[h * kv // heads] - h * kv // heads * d + h * d for h in range(heads)])
+        att.o_proj.weight.copy_(att.o_proj.weight[:, cols])
+    return model
+
+
 def measure(reference, other, tokenizer, prompts=PROMPTS, new_tokens: int = 16) -> dict:
     """Top-1 agreement and mean KL(reference || other) over every reply position of `prompts`."""
     agree = total = 0
@@ -102,6 +150,10 @@ def main() -> int:
     parser.add_argument("--precision", default="int8", help="precision to compare with fp32")
     parser.add_argument("--new-tokens", type=int, default=16, help="reply tokens per prompt")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--scramble", action="store_true",
+                        help="permute input features first (see the Q4_1 caveat above)")
+    parser.add_argument("--prefill", choices=["kernel", "fp32", "bf16"],
+                        help="prompt path of quantized layers (default: as without calibration)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from qwen_chat.engine.sources import load
@@ -110,10 +162,18 @@ def main() -> int:
 
     torch.manual_seed(0)
     model, tokenizer = load(str(smollm_gguf()), cache_dir=cache_root() / "converted", precision="fp32")
+    if args.scramble:
+        scramble(model)
     started = time.perf_counter()
     other, used = apply_precision(copy.deepcopy(model), args.precision)
+    if args.prefill:
+        from qwen_chat.engine.precision import Prefill, set_prefill
+        from qwen_chat.engine.quantized import PREFILL_DTYPES
+
+        set_prefill(other, Prefill(2, PREFILL_DTYPES[args.prefill]))  # prompts only: decode keeps the kernel
     result = measure(model, other, tokenizer, new_tokens=args.new_tokens)
-    result.update(model="SmolLM2-135M-Instruct", precision=used,
+    result.update(model="SmolLM2-135M-Instruct" + (" (scrambled)" if args.scramble else ""),
+                  precision=used, prefill=args.prefill or "default",
                   seconds=round(time.perf_counter() - started, 1))
     verdict = "PASS" if result["top1_agreement"] >= MIN_AGREEMENT else "FAIL"
     print(f"{used} vs fp32 on {result['model']}: {result['prompts']} prompts, "

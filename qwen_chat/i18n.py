@@ -52,6 +52,7 @@ EN = {
     "loading_download_mb": "Downloading the model (once): {done} MB so far",
     "loading_convert": "Converting the model file for faster starts (once): {pct}%",
     "loading_quantize": "Preparing the model for this computer (once): {pct}%",
+    "loading_calibrate": "Measuring which kernels are fastest on this computer (once): {pct}%",
     "loading_load": "Loading model {pct}%",
     "loading_hint": "You can type now: your message is answered as soon as the model is ready.",
     "loading_failed": "The model could not be loaded. {error}",
@@ -104,6 +105,7 @@ ZH = {
     "loading_download_mb": "正在下载模型（仅首次）：已下载 {done} MB",
     "loading_convert": "正在转换模型文件以加快以后的启动（仅首次）：{pct}%",
     "loading_quantize": "正在为本机优化模型（仅首次）：{pct}%",
+    "loading_calibrate": "正在测量本机最快的计算方式（仅首次）：{pct}%",
     "loading_load": "正在加载模型 {pct}%",
     "loading_hint": "现在就可以输入：模型就绪后会立即回复你的消息。",
     "loading_failed": "模型无法加载。{error}",
@@ -138,6 +140,6 @@ def loading(lang: str, snapshot) -> str:
             return text(lang, "loading_download", pct=pct, done=megabytes(snapshot.done_mb),
                         total=megabytes(snapshot.total_mb))
         return text(lang, "loading_download_mb", done=megabytes(snapshot.done_mb))
-    if snapshot.phase in ("convert", "quantize", "load"):
+    if snapshot.phase in ("convert", "quantize", "calibrate", "load"):
         return text(lang, f"loading_{snapshot.phase}", pct=pct if pct is not None else 0)
     return text(lang, "loading_start")

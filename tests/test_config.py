@@ -63,7 +63,7 @@ def test_whole_numbers_are_accepted_for_decimal_keys():
     ("threads: many", ["threads = 'many'", "auto or a whole number"]),
     ("threads: 0", ["threads = 0", "auto or a whole number"]),
     ("kv_cache_mb: -1", ["kv_cache_mb = -1", "from 0 (off) to 65536"]),
-    ("precision: int4", ["precision = 'int4'", "auto, int8, fp32 or bf16"]),
+    ("precision: int2", ["precision = 'int2'", "auto, int8, int4, fp32 or bf16"]),
     ("model: ''", ["model = ''", "a Hub id, modelscope:<id>, a local folder or a .gguf file"]),
     ("system_prompt: [a, b]", ["system_prompt = ['a', 'b']", "text"]),
     ("host:", ["host = (empty)", "an address"]),

@@ -56,25 +56,32 @@ def test_quantize_rows_round_trip():
 
 
 @pytest.mark.parametrize("rows", [1, 3, 300])  # decode, and a prompt past the crossover
-def test_int8_linear_matches_float(rows, monkeypatch):
-    monkeypatch.setattr(precision, "PREFILL_ROWS", 256)  # AVX2's: sgemm from 256 rows on
-    lin = torch.nn.Linear(64, 40)
-    q = Int8Linear.from_linear(lin)
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantized_linear_matches_float(rows, kind):
+    from qwen_chat.engine import int4
+
+    if kind == "int4" and not int4.available():
+        pytest.skip("no usable int4 kernel here")
+    lin = torch.nn.Linear(64, 64 if kind == "int4" else 40)
+    q = (int4.Int4Linear if kind == "int4" else Int8Linear).from_linear(lin)
+    q.prefill = precision.Prefill(256, torch.float32)  # AVX2's: dequantize + sgemm from 256 rows
+    n = lin.out_features
+    bound = 0.15 if kind == "int4" else 0.03
     x = torch.randn(2, rows, 64)
     x[0, 0] *= 100  # an outlier token must not ruin the other rows (activations stay float)
     with torch.inference_mode():
         ref, out = lin(x), q(x)
     assert out.shape == ref.shape and out.dtype == torch.float32
-    for got, want in zip(out.reshape(-1, 40), ref.reshape(-1, 40)):
-        assert (got - want).norm() / want.norm() < 0.03
+    for got, want in zip(out.reshape(-1, n), ref.reshape(-1, n)):
+        assert (got - want).norm() / want.norm() < bound
 
 
-@pytest.mark.parametrize("prefill_rows", [precision.PREFILL_ROWS, 8])  # 8: prefill path too
-def test_int8_logits_close_to_fp32(tiny, tiny_fp32, monkeypatch, prefill_rows):
-    monkeypatch.setattr(precision, "PREFILL_ROWS", prefill_rows)
+@pytest.mark.parametrize("prefill_rows", [4096, 8])  # 8: the dequantize + matmul path too
+def test_int8_logits_close_to_fp32(tiny, tiny_fp32, prefill_rows):
     ids = ids_for(tiny, 40)
     ref = logits(tiny_fp32, ids)
     model, used = apply_precision(tiny, "int8")
+    precision.set_prefill(model, precision.Prefill(prefill_rows, torch.float32))
     assert used == "int8" and model is tiny
     assert any(isinstance(m, Int8Linear) for m in model.modules())
     assert isinstance(model.get_input_embeddings(), Int8Embedding)
@@ -130,16 +137,16 @@ def test_bf16_casts(tiny):
     assert used == "bf16" and all(p.dtype == torch.bfloat16 for p in model.parameters())
 
 
-@pytest.mark.parametrize("bad", ["int4", "INT8", "", "fp16"])
+@pytest.mark.parametrize("bad", ["int2", "INT8", "", "fp16"])
 def test_unknown_precision_raises(tiny, bad):
     with pytest.raises(ValueError, match="precision"):
         apply_precision(tiny, bad)
-    with pytest.raises(ValueError, match="choose one of auto, fp32, bf16, int8"):
+    with pytest.raises(ValueError, match="choose one of auto, fp32, bf16, int8, int4"):
         precision.resolve(bad)
 
 
 def test_precisions_tuple():
-    assert PRECISIONS == ("auto", "fp32", "bf16", "int8")
+    assert PRECISIONS == ("auto", "fp32", "bf16", "int8", "int4")
 
 
 def test_int8_twice_is_a_no_op_but_back_to_fp32_raises(tiny):

@@ -207,6 +207,10 @@ class Engine:
 
     @property
     def precision(self) -> str:
+        """The weights' precision; with `precision: auto`, also what calibrate.py measured."""
+        calibration = getattr(self.model, "calibration", None)
+        if calibration is not None:
+            return calibration.summary()
         return getattr(self.model, "precision", str(self.model.dtype).replace("torch.", ""))
 
     def count_tokens(self, messages: list[dict]) -> int:

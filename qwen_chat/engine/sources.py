@@ -254,12 +254,15 @@ def weights_mb(folder: Path) -> float:
 
 
 def load(source: str, *, cache_dir: Path, precision: str = "fp32",
-         progress: LoadProgress | None = None):
+         progress: LoadProgress | None = None, threads: int = 1):
     """Load (model, tokenizer) for CPU inference in `precision` (see precision.py).
 
-    fp32 and bf16 load the checkpoint in that dtype. int8 ("auto" on CPU) comes from a cache of
-    quantized tensors in cache_dir, built on the first start, so later starts are fast and never
-    hold float weights in memory.
+    "auto" uses the kernels calibrate.py measured fastest on this CPU for this model with
+    `threads` threads (measured at the first start, then cached); `model.calibration` says which.
+
+    fp32 and bf16 load the checkpoint in that dtype. int8 and int4 come from a cache of quantized
+    tensors in cache_dir (one file per precision), built on the first start, so later starts are
+    fast and never hold float weights in memory.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -269,17 +272,31 @@ def load(source: str, *, cache_dir: Path, precision: str = "fp32",
 
     progress = progress or LoadProgress()
     folder = resolve_model(source, cache_dir=cache_dir, progress=progress)
-    used = precisions.resolve(precision)
+    calibration = None
+    if precision == "auto" and precisions.resolve("auto") in precisions.RECIPES:
+        from transformers import AutoConfig
+
+        from . import calibrate
+
+        calibration = calibrate.cached_or_measured(
+            AutoConfig.from_pretrained(folder, local_files_only=True), threads,
+            Path(cache_dir) / "calibration.json",
+            on_measure=lambda: progress.begin("calibrate", size_mb=1))
+        used = calibration.precision
+    else:
+        used = precisions.resolve(precision)
     name = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]
     cache_file = Path(cache_dir) / "quantized" / f"{Path(folder).name}-{name}.pt"
-    size = (cache_file.stat().st_size / MB if used == "int8" and cache_file.is_file()
+    quantized = used in precisions.RECIPES
+    cache_file = cache_file.with_name(f"{cache_file.stem}-{used}.pt") if quantized else cache_file
+    size = (cache_file.stat().st_size / MB if quantized and cache_file.is_file()
             else weights_mb(folder))
     progress.begin("load", size_mb=size)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        if used == "int8":
-            model = precisions.load_int8(
-                folder, cache_file,
+        if quantized:
+            model = precisions.load_quantized(
+                folder, cache_file, used,
                 on_quantize=lambda: progress.begin("quantize", size_mb=weights_mb(folder),
                                                    instead=True))
         else:
@@ -289,6 +306,9 @@ def load(source: str, *, cache_dir: Path, precision: str = "fp32",
     except Exception as exc:  # noqa: BLE001 - the user needs the folder and the reason
         raise ModelLoadError(f"Could not load the model from {folder}: {exc}") from exc
     model.precision = used
+    model.calibration = calibration
+    if calibration is not None:
+        precisions.set_prefill(model, calibration.plan())
     attention.use(model)
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The model in {folder} has no chat template: use an instruct model.")

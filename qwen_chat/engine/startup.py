@@ -25,14 +25,15 @@ log = logging.getLogger(__name__)
 
 # Seconds per MB of input when no earlier start measured the phase (this 2-core machine's
 # figures, rounded up: a percentage that moves a little slow is better than one stuck at 95%).
-DEFAULT_SECONDS_PER_MB = {"convert": 0.3, "quantize": 0.02, "load": 0.01}
+DEFAULT_SECONDS_PER_MB = {"convert": 0.3, "quantize": 0.02, "load": 0.01,
+                          "calibrate": 10.0}  # calibrate: seconds per model (size 1)
 CAP = 0.95  # an estimated phase never shows more than this before it really ends
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """One reading of the progress: phase, fraction done (None if unknown), bytes, error."""
-    phase: str  # "start", "download", "convert", "quantize", "load", "ready", "failed"
+    phase: str  # "start", "download", "convert", "calibrate", "quantize", "load", "ready", "failed"
     fraction: float | None = None
     done_mb: float = 0.0
     total_mb: float | None = None

@@ -1,0 +1,114 @@
+"""qwen_chat.engine.calibrate: `precision: auto` measures the kernels on this CPU once, keeps the
+fastest one that passes the quality gate, caches the choice and says it in the System panel."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from qwen_chat.engine import calibrate, int4, precision
+from qwen_chat.engine.local import Engine
+from qwen_chat.engine.sources import load
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tiny_dir):
+    return AutoConfig.from_pretrained(tiny_dir)
+
+
+def test_measures_every_candidate_once_then_reads_the_cache(tiny_config, tmp_path):
+    cache, told = tmp_path / "calibration.json", []
+    first = calibrate.cached_or_measured(tiny_config, 1, cache, on_measure=lambda: told.append(1))
+    assert told == [1]  # the loading banner was told
+    formats = calibrate.eligible()
+    if len(formats) > 1:  # decode is timed only when there is a choice to make
+        assert set(first.decode_ms) == set(formats) and all(v > 0 for v in first.decode_ms.values())
+        assert first.precision == min(first.decode_ms, key=first.decode_ms.get)
+    else:
+        assert first.decode_ms == {} and first.precision == formats[0] == "int8"
+    assert set(first.prompt_ms) == {f"{f} {p}" for f in formats for p in ("kernel", "fp32")}
+    assert all(set(v) == {"48", "512"} for v in first.prompt_ms.values())
+    saved = json.loads(cache.read_text(encoding="utf-8"))
+    assert saved[calibrate.key(tiny_config, 1)]["precision"] == first.precision
+
+    again = calibrate.cached_or_measured(tiny_config, 1, cache, on_measure=lambda: told.append(2))
+    assert told == [1] and again == first  # read back, not measured
+    # Another thread count is measured on its own and kept beside the first.
+    calibrate.cached_or_measured(tiny_config, 2, cache, on_measure=lambda: told.append(3))
+    assert told == [1, 3] and len(json.loads(cache.read_text(encoding="utf-8"))) == 2
+
+
+def test_a_corrupt_cache_is_measured_again(tiny_config, tmp_path):
+    cache = tmp_path / "calibration.json"
+    cache.write_text("{not json", encoding="utf-8")
+    told = []
+    result = calibrate.cached_or_measured(tiny_config, 1, cache, on_measure=lambda: told.append(1))
+    assert told == [1] and result.precision in ("int8", "int4")
+    assert calibrate.key(tiny_config, 1) in json.loads(cache.read_text(encoding="utf-8"))
+
+
+def test_the_quality_gate_decides_which_formats_compete():
+    assert calibrate.eligible({"int8": 0.954, "int4": 0.94}) == ["int8"]
+    assert calibrate.eligible({"int8": 0.954, "int4": None}) == ["int8"]
+    assert calibrate.eligible({"int8": 0.954, "int4": 0.96}) == (
+        ["int8", "int4"] if int4.available() else ["int8"])
+
+
+def test_the_prompt_plan_follows_the_figures():
+    c = calibrate.Calibration("int8", "fp32 from 24 rows")
+    assert c.plan() == precision.Prefill(24, torch.float32)
+    assert calibrate.Calibration("int4", "kernel").plan().dtype is None
+
+
+def test_auto_loads_the_measured_choice_and_the_panel_says_it(tiny_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    model, tok = load(str(folder), cache_dir=tmp_path / "cache", precision="auto", threads=1)
+    chosen = model.calibration
+    assert chosen is not None and model.precision == chosen.precision
+    assert precision.prefill_of(model) == chosen.plan()
+    assert (tmp_path / "cache" / "calibration.json").is_file()
+    assert list((tmp_path / "cache" / "quantized").glob(f"*-{chosen.precision}.pt"))
+    engine = Engine(model, tok, name="tiny", autostart=False)
+    try:
+        shown = engine.precision
+    finally:
+        engine.stop_all()
+    assert shown.startswith(chosen.precision) and "measured here" in shown
+    assert chosen.prefill in shown
+    assert all(f"{k} {v:.1f} ms" in shown for k, v in chosen.decode_ms.items())
+    # A number in config.yaml is not measured: no calibration, that precision.
+    fixed, _ = load(str(folder), cache_dir=tmp_path / "cache", precision="int8")
+    assert fixed.calibration is None and fixed.precision == "int8"
+
+
+@pytest.mark.slow
+def test_int4_passes_the_quality_gate_as_recorded(smollm):
+    """QUALITY["int4"] is what this measures: int4 competes in calibration only while it holds.
+    The model's input features are permuted first (bench/quality.py --scramble), so int4's groups
+    do not line up with the GGUF file's own Q4_1 blocks (which would make it lossless)."""
+    from bench.quality import MIN_AGREEMENT, PROMPTS, scramble
+
+    if not int4.available():
+        pytest.skip("no usable int4 kernel in this torch build / CPU")
+    from bench.quality import _log_probs
+    from tests.models import fp32_reference
+
+    model, tok = smollm
+    # The permutation leaves the function unchanged: fp32's reference is the unscrambled one's.
+    quant, used = precision.apply_precision(scramble(copy.deepcopy(model)), "int4")
+    assert used == "int4"
+    agree = total = 0
+    for seq, prompt_len, ref in fp32_reference(model, tok, PROMPTS, new_tokens=16):
+        agree += (ref.argmax(-1) == _log_probs(quant, seq, prompt_len).argmax(-1)).sum().item()
+        total += ref.shape[0]
+    result = {"top1_agreement": agree / total, "positions": total}
+    print(result)
+    assert MIN_AGREEMENT == calibrate.MIN_AGREEMENT
+    assert abs(result["top1_agreement"] - calibrate.QUALITY["int4"]) < 0.005, result
+    assert (result["top1_agreement"] >= MIN_AGREEMENT) == ("int4" in calibrate.eligible()), result
