@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         demo = build_ui(service, secret=browser_secret(data_dir))
         with demo:
             add_api(service, concurrency_id=GENERATE)
-        demo.queue(default_concurrency_limit=4, max_size=config.queue_size)
+        demo.queue(default_concurrency_limit=config.max_batch, max_size=config.queue_size)
         ready = lambda url: print(f"\nQwen Chat is running: {url.rstrip('/')}\n"  # noqa: E731
                                   "Press Ctrl+C to stop. 按 Ctrl+C 退出。\n", flush=True)
         shutdown = Shutdown(service, store)
