@@ -103,6 +103,10 @@ class Bench:
         with RunningApp(self.config, port=self.port, cache_dir=self.cache_dir, log_path=log) as app:
             self.app = {"ready_s": app.ready_s, "kernel": app.kernel, "log": str(app.log_path)}
             print(f"app.py ready in {app.ready_s:.1f} s at {app.url} ({app.kernel})", flush=True)
+            if sys.platform.startswith("linux"):
+                time.sleep(3)  # past the start's own work
+                self.app["idle_cpu"] = app.idle_cpu()
+                print(f"app.py idle: {100 * self.app['idle_cpu']:.1f}% of one core", flush=True)
             self.kernels.update({"app /chat": app.kernel, "app /v1": app.kernel})
             yield {"app /chat": drivers.chat_route(app.url),
                    "app /v1": drivers.openai_stream(f"{app.url}v1", system=SYSTEM,
@@ -218,6 +222,8 @@ class Bench:
             ratio = l["tok_s"] / q["tok_s"] if l.get("tok_s") and q.get("tok_s") else None
             lines.append(f"| {row} | {data['kernel']} | {f(q['tok_s'])} | {ttft(q)} | "
                          f"{f(l.get('tok_s'))} | {ttft(l) if l else '-'} | {f(ratio, '.2f')} |")
+        if "idle_cpu" in self.app:
+            lines.append(f"\nThe app, idle (nobody using it): {100 * self.app['idle_cpu']:.1f}% of one core.")
         return "\n".join(lines)
 
     def result(self, wall_s: float) -> dict:

@@ -89,6 +89,15 @@ class RunningApp:
             self.kernel = found.group(2)
         return self
 
+    def idle_cpu(self, seconds: float = 10.0) -> float:
+        """The app's CPU use while nobody uses it, as a share of one core (Linux /proc)."""
+        def used() -> float:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        before = used()
+        time.sleep(seconds)
+        return (used() - before) / seconds
+
     def _wait_healthy(self) -> None:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
         deadline = time.monotonic() + self.timeout_s
