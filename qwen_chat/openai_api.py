@@ -12,7 +12,9 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -29,6 +31,34 @@ CREATED = int(time.time())  # the model's "created" time: when this app started
 ROLES = {"system", "developer", "user", "assistant"}  # developer = OpenAI's newer name for system
 CACHE_KEY = "openai-api"  # one KV cache slot: a client's next turn reuses its previous prompt
 WAIT_INTERVAL = 0.5  # seconds between looks at a model still loading
+REMEMBERED_REPLIES = 32  # replies whose token ids are kept for their client's next turn
+
+
+class _Replies:
+    """The token ids of the latest replies, by their text. A client sends a reply back as text
+    in its next turn; tokenized again, that text often gives other ids than the model generated
+    (a "\n\n" generated as two tokens, a character cut between two), and the cached prompt
+    would then stop matching there and be computed again. With the ids it was generated as the
+    whole history is reused, as the page reuses its stored ones (engine/prompt.py checks that
+    they still spell the text). In memory only; nothing is stored."""
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[str, list[int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, text: str, token_ids: list[int] | None) -> None:
+        if text and token_ids:
+            with self._lock:
+                self._ids[text] = list(token_ids)
+                self._ids.move_to_end(text)
+                while len(self._ids) > REMEMBERED_REPLIES:
+                    self._ids.popitem(last=False)
+
+    def attach(self, messages: list[dict]) -> list[dict]:
+        with self._lock:
+            return [{**m, "token_ids": self._ids[m["content"]]}
+                    if m["role"] == "assistant" and m.get("content") in self._ids else m
+                    for m in messages]
 
 
 class ApiError(Exception):
@@ -86,7 +116,8 @@ def _stops(body: dict) -> list[str]:
 class _Request:
     """A validated chat completion request, under `config`: config.yaml as read once for it."""
 
-    def __init__(self, body: Any, service: ChatService, model_id: str, config: Config):
+    def __init__(self, body: Any, service: ChatService, model_id: str, config: Config,
+                 replies: _Replies):
         if not isinstance(body, dict):
             raise ApiError(400, "The request body must be a JSON object.")
         model = body.get("model")
@@ -99,7 +130,7 @@ class _Request:
                            code="model_not_found")
         if body.get("n", 1) != 1:
             raise ApiError(400, "Only n = 1 is supported.", param="n")
-        self.messages = _messages(body)
+        self.messages = replies.attach(_messages(body))
         self.stops = _stops(body)
         self.stream = bool(body.get("stream", False))
         options = body.get("stream_options") or {}
@@ -163,6 +194,7 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
     """The /v1 routes. `key_required`: refuse everything when no api_key is set (the app is
     reachable from other computers)."""
     api = APIRouter(prefix="/v1")
+    replies = _Replies()
 
     def check_key(request: Request) -> None:
         if not api_key:
@@ -194,7 +226,7 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
                 raise ApiError(400, "We could not parse the JSON body of your request.") from None
             await _model_ready(service)
             req = await run_in_threadpool(_Request, body, service, model_id,
-                                          service.config().config)
+                                          service.config().config, replies)
             if service.engine.waiting >= queue_size:
                 raise ApiError(503, "The app is busy (the queue is full). Please try again.",
                                kind="server_error", code="busy")
@@ -203,7 +235,7 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
         generation = service.engine.generate(req.messages, req.sampling, cache_key=CACHE_KEY)
         ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if req.stream:
-            return StreamingResponse(_stream(generation, req, ident, created, model_id),
+            return StreamingResponse(_stream(generation, req, ident, created, model_id, replies),
                                      media_type="text/event-stream")
         try:
             text, stopped = await run_in_threadpool(_collect, generation, req.stops)
@@ -211,6 +243,8 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
             return ApiError(500, str(exc), kind="server_error").response()
         finally:
             generation.cancel.set()
+        if not stopped:
+            replies.remember(text, generation.token_ids)
         completion = generation.stats.new_tokens
         return JSONResponse({
             "id": ident, "object": "chat.completion", "created": created, "model": model_id,
@@ -218,7 +252,8 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
                          "logprobs": None,
                          "finish_reason": "stop" if stopped else generation.finish_reason}],
             "usage": {"prompt_tokens": req.prompt_tokens, "completion_tokens": completion,
-                      "total_tokens": req.prompt_tokens + completion}})
+                      "total_tokens": req.prompt_tokens + completion,
+                      "prompt_tokens_details": {"cached_tokens": generation.stats.cached_tokens}}})
 
     return api
 
@@ -235,7 +270,7 @@ def _collect(generation: Reply, stops: list[str]) -> tuple[str, bool]:
 
 
 async def _stream(generation: Reply, req: _Request, ident: str, created: int,
-                  model_id: str) -> AsyncIterator[str]:
+                  model_id: str, replies: _Replies) -> AsyncIterator[str]:
     def event(data: dict) -> str:
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -260,11 +295,15 @@ async def _stream(generation: Reply, req: _Request, ident: str, created: int,
                 yield chunk({"content": text[sent:]})
             if stopped:
                 break
+        if not stopped:  # the text as generated, not cut at a stop string
+            replies.remember(text, generation.token_ids)
         yield chunk({}, "stop" if stopped else generation.finish_reason)
         if req.include_usage:
             n = generation.stats.new_tokens
             yield chunk(None, usage={"prompt_tokens": req.prompt_tokens, "completion_tokens": n,
-                                     "total_tokens": req.prompt_tokens + n})
+                                     "total_tokens": req.prompt_tokens + n,
+                                     "prompt_tokens_details": {
+                                         "cached_tokens": generation.stats.cached_tokens}})
         yield "data: [DONE]\n\n"
     except GenerationError as exc:
         yield event(ApiError(500, str(exc), kind="server_error").body())

@@ -102,3 +102,24 @@ def test_an_api_key_from_config_is_required_when_set(app_servers, tiny_dir):
         client(server, "wrong-key").chat.completions.create(model=tiny_dir.name, messages=FRANCE)
     reply = client(server, KEY).chat.completions.create(model=tiny_dir.name, messages=FRANCE)
     assert reply.usage.completion_tokens <= 8
+
+
+def test_a_clients_next_turn_reuses_the_reply_it_was_sent(app_servers, tiny_dir):
+    """A client sends each reply back as text. The tiny model's random tokens rarely come back
+    as the same ids when that text is tokenized again, so only the ids the app kept from the
+    reply let the whole history be reused: usage says how many prompt tokens were cached."""
+    server = app_servers(model=tiny_dir)
+    api = client(server)
+    history = [{"role": "system", "content": "You are a helpful assistant."},
+               {"role": "user", "content": "Tell me a story."}]
+    for turn in range(3):
+        chunks = list(api.chat.completions.create(
+            model=tiny_dir.name, messages=history, max_tokens=16, temperature=0.8, stream=True,
+            stream_options={"include_usage": True}))
+        usage = chunks[-1].usage
+        if turn:  # all but the new user message was cached: this turn's prompt and last reply
+            assert usage.prompt_tokens_details.cached_tokens >= reused, (turn, usage)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        reused = usage.prompt_tokens + usage.completion_tokens - 1  # the last token: not fed
+        history += [{"role": "assistant", "content": text},
+                    {"role": "user", "content": f"And then, part {turn + 2}?"}]
