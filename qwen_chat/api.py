@@ -12,7 +12,7 @@ from typing import Iterator
 import gradio as gr
 
 from .chat import ChatService
-from .errors import MessageTooLong, NotFound
+from .errors import MessageTooLong, NotFound, StorageFull
 
 MIN_OWNER_LENGTH = 16
 PARAMS = {"chat": 3, "conversations": 1}  # every parameter is a string (checked by web.py)
@@ -20,15 +20,17 @@ PARAMS = {"chat": 3, "conversations": 1}  # every parameter is a string (checked
 
 def _check_owner(owner: str) -> str:
     if not isinstance(owner, str) or len(owner.strip()) < MIN_OWNER_LENGTH:
-        raise gr.Error(f"owner must be a secret string of at least {MIN_OWNER_LENGTH} characters.")
+        raise gr.Error(f"owner must be a secret string of at least {MIN_OWNER_LENGTH} characters.",
+                       print_exception=False)
     return owner.strip()
 
 
 def _unknown_conversation_as_error(updates):
     try:
         yield from updates
-    except (NotFound, MessageTooLong) as exc:  # an unknown or foreign id, a message too long
-        raise gr.Error(str(exc)) from None
+    except (NotFound, MessageTooLong, StorageFull) as exc:  # an unknown id, too long, disk full
+        # The client is told; the terminal gets no traceback for a user's situation.
+        raise gr.Error(str(exc), print_exception=False) from None
 
 
 def add_api(service: ChatService, *, concurrency_id: str) -> None:
@@ -39,7 +41,7 @@ def add_api(service: ChatService, *, concurrency_id: str) -> None:
         {"conversation_id", "text", "status", ...} until the reply ends."""
         owner = _check_owner(owner)
         if not message or not message.strip():
-            raise gr.Error("message is empty.")
+            raise gr.Error("message is empty.", print_exception=False)
         updates = service.send(owner, conversation_id or None, message)
         with contextlib.closing(updates):
             for update in _unknown_conversation_as_error(updates):

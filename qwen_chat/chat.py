@@ -11,8 +11,10 @@ streams (at least once a second), and once more when it ends, however it ends: c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ import psutil
 from . import context, i18n, transfer
 from .config import Config, ConfigSnapshot, ConfigWatcher
 from .engine.contract import ChatEngine, Reply, Sampling, Stats
-from .errors import GenerationError, MessageTooLong, ModelNotLoaded, NotFound
+from .errors import GenerationError, MessageTooLong, ModelNotLoaded, NotFound, StorageFull
 from .engine.startup import Snapshot
 from .store import COMPLETE, ERROR, STOPPED, STREAMING, Conversation, Message, Store
 
@@ -37,6 +39,7 @@ HEARTBEAT_INTERVAL = 0.25
 # would cost a page update each): 25 updates a second look continuous.
 UPDATE_INTERVAL = 0.04
 TITLE_LENGTH = 40
+LOW_SPACE_MB = 200  # below this much free space for the history, the System panel warns
 
 
 @dataclass
@@ -97,6 +100,7 @@ class ChatService:
         self._active: dict[str, tuple[Reply, str]] = {}
         self._active_lock = threading.Lock()
         self._warmed: str | None = None  # the system prompt whose prefix the engine has cached
+        self._sending: dict[str, int] = {}  # session -> its messages being stored or answered
         self.last_stats: Stats | None = None  # of the last reply that produced a token
 
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -158,6 +162,8 @@ class ChatService:
                 "threads": self.engine.threads, "max_batch": self.engine.max_batch,
                 "memory_mb": psutil.Process().memory_info().rss / 2**20,
                 "kv_cache_mb": self.engine.kv_bytes / 2**20,
+                "data_dir": str(self.store.path.parent), "disk_free_mb": self.store.free_mb(),
+                "history_busy": self.store.busy_since is not None,
                 "ttft": last.ttft if last else None,
                 "tokens_per_s": last.tokens_per_s if last else None}
 
@@ -195,14 +201,39 @@ class ChatService:
             return
         config = config or self.config().config
         self.check_length(text, config)
-        if conversation_id:
-            conversation = self.store.get_conversation(owner, conversation_id)
-        else:
-            conversation = self.store.create_conversation(owner, title_from(text))
-            if session is not None:  # what was typed in the new chat was prefilled under this
-                self.engine.adopt(draft_key(session), conversation.id)
-        self.store.add_message(conversation.id, "user", text)
-        yield from self._reply(owner, conversation, session, config)
+        with self._in_flight(session):
+            if conversation_id:
+                conversation = self.store.get_conversation(owner, conversation_id)
+            else:  # the store waits (minutes) while another program holds the file locked
+                conversation = self.store.create_conversation(owner, title_from(text))
+                if session is not None:  # what was typed in the new chat was prefilled under this
+                    self.engine.adopt(draft_key(session), conversation.id)
+            self.store.add_message(conversation.id, "user", text)
+            yield from self._reply(owner, conversation, session, config)
+
+    @contextlib.contextmanager
+    def _in_flight(self, session: str | None) -> Iterator[None]:
+        if session is None:
+            yield
+            return
+        with self._active_lock:
+            self._sending[session] = self._sending.get(session, 0) + 1
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                self._sending[session] -= 1
+                if not self._sending[session]:
+                    del self._sending[session]
+
+    def sending(self, session: str) -> bool:
+        """True while a message of `session` (a tab) is being stored or answered."""
+        with self._active_lock:
+            return session in self._sending
+
+    def history_busy(self) -> bool:
+        """True while a save waits for the history file, locked by another program."""
+        return self.store.busy_since is not None
 
     def draft(self, owner: str, conversation_id: str | None, text: str, *,
               session: str) -> threading.Event | None:
@@ -259,6 +290,16 @@ class ChatService:
         return context.build(config, stored, budget=self.input_budget(config),
                              count=self.engine.count_tokens)
 
+    def _save_progress(self, message_id: int, text: str) -> None:
+        """Save a streaming reply so far; skipped (the final save waits) while the file is
+        locked by another program or the disk is full, so that the words keep coming."""
+        if self.store.busy_since is not None:
+            return
+        try:
+            self.store.update_message(message_id, content=text, wait_s=0)
+        except (StorageFull, sqlite3.OperationalError) as exc:
+            log.warning("A streaming reply is saved when it ends: %s", exc)
+
     def stop(self, session: str) -> str | None:
         """End the reply streaming for `session` (a Stop click); other sessions are untouched.
 
@@ -314,7 +355,7 @@ class ChatService:
                 if piece:
                     parts.append(piece)
                     if now - saved_at >= SAVE_INTERVAL:
-                        self.store.update_message(reply.id, content="".join(parts))
+                        self._save_progress(reply.id, "".join(parts))
                         saved_at = now
                 # The first words at once, then at most one update per UPDATE_INTERVAL (what
                 # the eye sees), and a heartbeat now and then while nothing new comes.
@@ -343,12 +384,15 @@ class ChatService:
             if status == STREAMING:  # an unexpected exception is on its way up
                 status, error = ERROR, "unexpected error, see the terminal"
             token_ids = generation.token_ids if generation is not None else None
-            self.store.update_message(
-                reply.id, content="".join(parts), status=status, error=error,
-                prompt_tokens=stats.prompt_tokens, cached_tokens=stats.cached_tokens,
-                new_tokens=stats.new_tokens,
-                ttft=stats.ttft, tokens_per_s=stats.tokens_per_s, dropped=fitted.dropped,
-                tokens=json.dumps(token_ids) if token_ids else None)
+            try:  # waits (minutes) while another program holds the file locked
+                self.store.update_message(
+                    reply.id, content="".join(parts), status=status, error=error,
+                    prompt_tokens=stats.prompt_tokens, cached_tokens=stats.cached_tokens,
+                    new_tokens=stats.new_tokens,
+                    ttft=stats.ttft, tokens_per_s=stats.tokens_per_s, dropped=fitted.dropped,
+                    tokens=json.dumps(token_ids) if token_ids else None)
+            except StorageFull as exc:  # the reply is shown but not saved: say so
+                status, error = ERROR, str(exc)
             if self._warmed is not None:  # warming is on: re-warm a hot-reloaded system prompt
                 self.warm(config)
         yield ReplyUpdate(conversation, reply.id, "".join(parts), status, stats, error, notice)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from .chat import ChatService
-from .errors import MessageTooLong, NotFound
+from .errors import MessageTooLong, NotFound, StorageFull
 
 HELP = """Commands:
   /new              start a new conversation
@@ -135,7 +135,7 @@ class TerminalChat:
                     updates.close()  # the reply is saved as stopped
                     self.say("\n(stopped)")
                     return
-        except MessageTooLong as exc:
+        except (MessageTooLong, StorageFull) as exc:
             self.say(f"\n{exc}")
             return
         except NotFound:

@@ -27,3 +27,7 @@ class NotFound(QwenChatError):
 
 class MessageTooLong(QwenChatError):
     """A message cannot fit in what the model reads (max_input_tokens): it is not stored."""
+
+
+class StorageFull(QwenChatError):
+    """The disk holding the history file is full: nothing more can be saved until space is freed."""

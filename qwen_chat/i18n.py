@@ -30,6 +30,7 @@ EN = {
     "config_invalid": "config.yaml was not applied: {error}",
     "deleted": "This conversation no longer exists (deleted in another tab).",
     "gone": "This conversation was deleted (in another tab): your message starts a new one.",
+    "disk_full": "Your message could not be saved: {detail}",
     "too_long": "This message is too long: the model reads at most {budget:,} tokens. Shorten it "
                 "or split it into several messages. Your text is still in the box.",
     "dropped": "This conversation is longer than the model can read ({budget:,} tokens): its "
@@ -44,7 +45,15 @@ EN = {
     "system_table": "**Model** {model}  \n**Precision** {precision}  \n"
                     "**CPU threads** {threads}  \n**Replies generated together** {max_batch}  \n"
                     "**Memory in use** {memory_mb:,.0f} MB (KV cache {kv_cache_mb:,.0f} MB)  \n"
+                    "**History** {data_dir}: {disk}  \n"
                     "**Last reply** {last}",
+    "disk_free": "{free:,.0f} MB free",
+    "disk_low": "⚠️ only {free:,.0f} MB free: free some space, or new messages cannot be saved",
+    "disk_unknown": "free space unknown",
+    "history_busy": "⚠️ the history file is open in another program: waiting to save",
+    "history_busy_banner": "The history file (chat.db) is open in another program, which keeps "
+                           "it locked: waiting to save your message. Close that program (or end "
+                           "its edit) and the reply follows; nothing is lost.",
     "last_reply": "first token {ttft:.2f} s · {tps:.1f} tokens/s",
     "none_yet": "none yet",
     "loading_start": "Loading the model…",
@@ -84,6 +93,7 @@ ZH = {
     "config_invalid": "config.yaml 未生效：{error}",
     "deleted": "该对话已不存在（可能在其他标签页中被删除）。",
     "gone": "该对话已被删除（可能在其他标签页中）：你的消息已放入新对话。",
+    "disk_full": "消息未能保存：磁盘已满。请释放一些空间后重新发送。（{detail}）",
     "too_long": "消息太长：模型最多读取 {budget:,} 个 token。请缩短或分成几条发送。文字仍保留在输入框中。",
     "dropped": "对话已超过模型可读取的长度（{budget:,} 个 token）：最早的消息将不再被模型看到。"
                "换个话题请开始新对话。",
@@ -97,7 +107,14 @@ ZH = {
     "system_table": "**模型** {model}  \n**精度** {precision}  \n"
                     "**CPU 线程** {threads}  \n**同时生成的回复数** {max_batch}  \n"
                     "**内存占用** {memory_mb:,.0f} MB（KV 缓存 {kv_cache_mb:,.0f} MB）  \n"
+                    "**聊天记录** {data_dir}：{disk}  \n"
                     "**上一条回复** {last}",
+    "disk_free": "剩余 {free:,.0f} MB",
+    "disk_low": "⚠️ 仅剩 {free:,.0f} MB：请释放一些空间，否则新消息将无法保存",
+    "disk_unknown": "剩余空间未知",
+    "history_busy": "⚠️ 聊天记录文件正被其他程序打开：等待保存",
+    "history_busy_banner": "聊天记录文件（chat.db）正被其他程序打开并锁定：正在等待保存您的消息。"
+                           "关闭该程序（或结束其编辑）后即会回复，内容不会丢失。",
     "last_reply": "首字 {ttft:.2f} 秒 · {tps:.1f} token/秒",
     "none_yet": "暂无",
     "loading_start": "正在加载模型…",

@@ -170,7 +170,9 @@ async def _model_ready(service: ChatService) -> None:
 
 
 def health_router(service: ChatService) -> APIRouter:
-    """GET /health, as llama.cpp's server has it: 200 {"status": "ok"} once the model is ready,
+    """GET /health, as llama.cpp's server has it: 200 {"status": "ok"} once the model is ready
+    (with the kernels, CPU threads, the history disk's free MB and whether a save waits for a
+    lock held by another program),
     503 {"status": "loading", "phase", "percent"} while it loads, 503 {"status": "error"} if it
     could not be loaded. For scripts that wait for the app, and for monitoring."""
     api = APIRouter()
@@ -179,7 +181,10 @@ def health_router(service: ChatService) -> APIRouter:
     async def health() -> JSONResponse:
         snapshot = service.loading()
         if snapshot is None:
-            return JSONResponse({"status": "ok"})
+            info = service.system()
+            return JSONResponse({"status": "ok", "precision": info["precision"],
+                                 "threads": info["threads"], "disk_free_mb": info["disk_free_mb"],
+                                 "history_busy": info["history_busy"]})
         if snapshot.phase == "failed":
             return JSONResponse({"status": "error", "message": "the model could not be loaded: "
                                  "see the app's terminal or page"}, status_code=503)

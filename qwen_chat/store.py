@@ -4,6 +4,12 @@ One connection shared by Gradio's worker threads (`check_same_thread=False`), ev
 lock: the app's write rate (a few rows a second) is far below what one serialized connection
 handles, and it rules out "database is locked" between our own threads. WAL keeps a reader in
 another process (a backup, sqlite3 CLI) from blocking us.
+
+Storage faults a user's computer has (`_write`): another program holding the file's write lock
+(a SQLite browser mid-edit) makes a write wait and retry, for minutes, with one line in the
+terminal and `busy` set for the page; nothing is lost or written twice (a failed transaction is
+rolled back whole). A full disk raises StorageFull: one sentence naming the folder and its free
+space.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import contextlib
 import json
 import logging
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -22,7 +29,7 @@ import sqlite_utils
 from sqlite_utils.db import NotFoundError
 from sqlite_utils.migrations import Migrations
 
-from .errors import NotFound
+from .errors import NotFound, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,10 @@ COMPLETE, STREAMING, STOPPED, ERROR, INTERRUPTED = (
     "complete", "streaming", "stopped", "error", "interrupted")
 
 migrations = Migrations("qwen_chat")
+
+BUSY_TIMEOUT_MS = 2000  # SQLite's own wait for a lock, per try; then _write says so and retries
+LOCK_WAIT_S = 600.0  # how long a write keeps retrying while another program holds the lock
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_FULL = 5, 6, 13
 
 
 @migrations()
@@ -123,12 +134,12 @@ def _row_to(cls, row: dict):
 def connect(path: Path) -> sqlite_utils.Database:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=10)
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
     db = sqlite_utils.Database(conn)
     # Pragmas outside any transaction. WAL + NORMAL survives a process kill without corruption.
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=10000")
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     db.execute("PRAGMA foreign_keys=ON")
     return db
 
@@ -141,10 +152,57 @@ class Store:
         self.db = connect(self.path)
         self._lock = threading.RLock()
         self._closed = False
-        with self._lock:
+        self.busy_since: float | None = None  # a write has been waiting for a lock since then
+
+        def repair() -> None:
             migrations.apply(self.db)
             self.db.execute("UPDATE messages SET status = ? WHERE status = ?",
                             [INTERRUPTED, STREAMING])
+        self._write(repair)
+
+    def _write(self, write, *, wait_s: float = LOCK_WAIT_S):
+        """Run `write()` (one transaction) under the lock; while another program holds the
+        file's lock, retry with growing pauses for up to `wait_s` seconds (our lock is let go
+        between tries, so reads go on). A full disk raises StorageFull."""
+        deadline, pause = time.monotonic() + wait_s, 0.1
+        while True:
+            try:
+                with self._lock:
+                    result = write()
+                if self.busy_since is not None:
+                    self.busy_since = None
+                    log.warning("Saved: the history file %s is free again.", self.path)
+                return result
+            except sqlite3.OperationalError as exc:
+                code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+                if code == SQLITE_FULL or "full" in str(exc):
+                    message = self.full_message()
+                    log.warning("%s", message)  # one line in the terminal, no traceback
+                    raise StorageFull(message) from None
+                if code not in (SQLITE_BUSY, SQLITE_LOCKED):
+                    raise
+                if self.busy_since is None:  # told once, until a write goes through again
+                    self.busy_since = time.time()
+                    log.warning("The history file %s is open in another program, which holds "
+                                "it locked: waiting to save. Close that program, or end its "
+                                "edit, to go on.", self.path)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def free_mb(self) -> float | None:
+        """Free space on the disk holding the history file, in MB (None if it cannot be read)."""
+        try:
+            return shutil.disk_usage(self.path.parent).free / 2**20
+        except OSError:
+            return None
+
+    def full_message(self) -> str:
+        free_mb = self.free_mb()
+        free = "free space unknown" if free_mb is None else f"{free_mb:,.0f} MB free"
+        return (f"Could not save: the disk holding {self.path.parent} is full ({free}). Free "
+                f"some space (or set `data_dir:` in config.yaml to another disk) and send again.")
 
     def close(self) -> None:
         """Close the database (its write-ahead log is folded back into the file)."""
@@ -158,8 +216,7 @@ class Store:
         # 128 random bits: a conversation id is not guessable from another browser.
         row = dict(id=secrets.token_hex(16), owner=owner, title=title,
                    created_at=now, updated_at=now)
-        with self._lock:
-            self.db.table("conversations").insert(row)
+        self._write(lambda: self.db.table("conversations").insert(row))
         return Conversation(**row)
 
     def list_conversations(self, owner: str) -> list[Conversation]:
@@ -179,16 +236,17 @@ class Store:
         return _row_to(Conversation, rows[0])
 
     def rename_conversation(self, owner: str, conversation_id: str, title: str) -> Conversation:
-        with self._lock:
-            self.get_conversation(owner, conversation_id)
-            self.db.table("conversations").update(conversation_id, {"title": title})
-            return self.get_conversation(owner, conversation_id)
+        self.get_conversation(owner, conversation_id)
+        self._write(lambda: self.db.table("conversations").update(conversation_id, {"title": title}))
+        return self.get_conversation(owner, conversation_id)
 
     def delete_conversation(self, owner: str, conversation_id: str) -> None:
-        with self._lock, self.db.atomic():
-            self.get_conversation(owner, conversation_id)
-            self.db.execute("DELETE FROM messages WHERE conversation_id = ?", [conversation_id])
-            self.db.execute("DELETE FROM conversations WHERE id = ?", [conversation_id])
+        def delete() -> None:
+            with self.db.atomic():
+                self.get_conversation(owner, conversation_id)
+                self.db.execute("DELETE FROM messages WHERE conversation_id = ?", [conversation_id])
+                self.db.execute("DELETE FROM conversations WHERE id = ?", [conversation_id])
+        self._write(delete)
 
     # Messages ------------------------------------------------------------------------------
     def add_message(self, conversation_id: str, role: str, content: str, *,
@@ -197,22 +255,27 @@ class Store:
         now = time.time()
         row = dict(conversation_id=conversation_id, role=role, content=content,
                    created_at=now, updated_at=now, status=status)
-        with self._lock, self.db.atomic():
-            table = self.db.table("messages")
-            table.insert(row)
-            message_id = table.last_rowid
-            self.db.table("conversations").update(conversation_id, {"updated_at": now})
-        return Message(id=message_id, **row)
+        def insert() -> int:
+            with self.db.atomic():  # rolled back whole if it fails: a retry never doubles it
+                table = self.db.table("messages")
+                table.insert(row)
+                message_id = table.last_rowid
+                self.db.table("conversations").update(conversation_id, {"updated_at": now})
+            return message_id
+        return Message(id=self._write(insert), **row)
 
-    def update_message(self, message_id: int, **changes) -> None:
-        """Commit new content, status or figures of a message (used while a reply streams)."""
+    def update_message(self, message_id: int, *, wait_s: float = LOCK_WAIT_S, **changes) -> None:
+        """Commit new content, status or figures of a message (used while a reply streams).
+        `wait_s`: how long to retry while the file is locked (see _write)."""
         changes["updated_at"] = time.time()
         if self._closed:  # a reply still ending while the app shuts down
             log.warning("Reply %s ended after the database was closed: it stays marked "
                         "streaming and is marked interrupted at the next start.", message_id)
             return
-        with self._lock, contextlib.suppress(NotFoundError):  # its conversation was deleted
-            self.db.table("messages").update(message_id, changes)
+        def update() -> None:
+            with contextlib.suppress(NotFoundError):  # its conversation was deleted
+                self.db.table("messages").update(message_id, changes)
+        self._write(update, wait_s=wait_s)
 
     def import_conversation(self, owner: str, title: str, messages: list[dict]) -> Conversation:
         """A new conversation holding `messages` ({role, content, status}), in one transaction."""
@@ -221,14 +284,15 @@ class Store:
                                     created_at=now, updated_at=now)
         rows = [dict(conversation_id=conversation.id, role=m["role"], content=m["content"],
                      status=m["status"], created_at=now, updated_at=now) for m in messages]
-        with self._lock, self.db.atomic():
-            self.db.table("conversations").insert(asdict(conversation))
-            self.db.table("messages").insert_all(rows)
+        def insert() -> None:
+            with self.db.atomic():
+                self.db.table("conversations").insert(asdict(conversation))
+                self.db.table("messages").insert_all(rows)
+        self._write(insert)
         return conversation
 
     def delete_message(self, message_id: int) -> None:
-        with self._lock:
-            self.db.execute("DELETE FROM messages WHERE id = ?", [message_id])
+        self._write(lambda: self.db.execute("DELETE FROM messages WHERE id = ?", [message_id]))
 
     def messages(self, owner: str, conversation_id: str) -> list[Message]:
         with self._lock:

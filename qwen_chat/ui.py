@@ -17,9 +17,9 @@ from pathlib import Path
 import gradio as gr
 
 from . import i18n
-from .chat import ChatService, ReplyUpdate, config_warnings
+from .chat import LOW_SPACE_MB, ChatService, ReplyUpdate, config_warnings
 from .config import Config
-from .errors import MessageTooLong, NotFound
+from .errors import MessageTooLong, NotFound, StorageFull
 from .store import COMPLETE, STREAMING, Message
 from .transfer import ImportRefused
 
@@ -175,6 +175,10 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                 yield [], None, gr.update(choices=choices(owner), value=None), ""
             except MessageTooLong:  # a retry after max_input_tokens was lowered
                 gr.Warning(i18n.text(lang, "too_long", budget=service.input_budget(config)))
+            except StorageFull as exc:  # nothing was saved: the message stays on screen
+                gr.Warning(i18n.text(lang, "disk_full", detail=str(exc)))
+                chat[-1] = {"role": "assistant", "content": f"⚠️ {exc}"}
+                yield chat, known, gr.skip(), ""
 
     def send(owner, current, taken: Taken | None, chat, request: gr.Request):
         if taken is None:
@@ -246,11 +250,16 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         return gr.update(value=str(path), visible=True)
 
     def model_status(request: gr.Request):
-        """The banner above the chat while the model loads (or failed), and whether to keep
-        polling: (banner, timer)."""
+        """The banner above the chat while the model loads (or failed) or a save waits for
+        the history file, and whether to keep polling: (banner, timer)."""
         snapshot, lang = service.loading(), lang_of(request)
         if snapshot is None:
-            return gr.update(value="", visible=False), gr.Timer(active=False)
+            if service.history_busy():  # told while this tab's message waits to be saved
+                return (gr.update(value=f"⏳ **{i18n.text(lang, 'history_busy_banner')}**",
+                                  visible=True), gr.Timer(active=True))
+            # Looked at once a second while this tab has a message being saved or answered.
+            return (gr.update(value="", visible=False),
+                    gr.Timer(active=service.sending(request.session_hash)))
         if snapshot.phase == "failed":
             return (gr.update(value=f"⚠ {as_text(i18n.loading(lang, snapshot))}", visible=True),
                     gr.Timer(active=False))
@@ -263,7 +272,12 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             info["precision"] = i18n.loading(lang, info["loading"])
         last = (i18n.text(lang, "last_reply", ttft=info["ttft"], tps=info["tokens_per_s"] or 0.0)
                 if info["ttft"] is not None else i18n.text(lang, "none_yet"))
-        return i18n.text(lang, "system_table", **{**info, "last": last})
+        free = info["disk_free_mb"]
+        disk = (i18n.text(lang, "disk_unknown") if free is None else
+                i18n.text(lang, "disk_low" if free < LOW_SPACE_MB else "disk_free", free=free))
+        if info["history_busy"]:
+            disk += " · " + i18n.text(lang, "history_busy")
+        return i18n.text(lang, "system_table", **{**info, "last": last, "disk": disk})
 
     def exporter(kind: str):
         def export_as(owner_id, current_id, request: gr.Request):
@@ -345,6 +359,9 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                       concurrency_id=GENERATE, **private))
             streams[-1].then(lambda: gr.update(interactive=True), outputs=[box], queue=False,
                              **private)
+            # The banner is looked at while the message is saved and answered (a history file
+            # locked by another program makes the save wait: the banner says so).
+            trigger(lambda: gr.Timer(active=True), outputs=[poll], queue=False, **private)
         # Each keystroke hands the draft to the engine, which prefills it while idle (only the
         # latest counts), so Send has little left to prefill. No output, no progress shown.
         box.input(typing, [owner, current, box], None, queue=False, trigger_mode="always_last",

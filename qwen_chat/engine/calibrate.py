@@ -204,8 +204,11 @@ def cached_or_measured(config, threads: int, cache_file: Path, on_measure=None) 
         cache_file = Path(cache_file)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(cache_file.name + ".tmp")
-        tmp.write_text(json.dumps(saved, indent=1), encoding="utf-8")
-        tmp.replace(cache_file)
+        try:
+            tmp.write_text(json.dumps(saved, indent=1), encoding="utf-8")
+            tmp.replace(cache_file)
+        finally:
+            tmp.unlink(missing_ok=True)  # no partial file left (a full disk)
     except OSError as exc:  # read-only or full: the next start measures again
         log.warning("Could not write %s: %s", cache_file, exc)
     return result

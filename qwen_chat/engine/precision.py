@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import psutil
@@ -34,6 +35,7 @@ from .quantized import (Int8Embedding, Int8Linear, Prefill, default_prefill, int
 log = logging.getLogger(__name__)
 
 AUTO_CPU = "int8"  # without a calibration (see calibrate.py)
+CACHE_MARGIN = 16 * 2**20  # bytes left free beside a cache written (torch.save adds headers)
 CODE_VERSION = 3  # bump when a quantized format or recipe changes (invalidates caches)
 RECIPES = {"int8": ("int8", "int8"), "int4": ("int4", "int8")}  # name: (layers, lm_head)
 QUANTIZED = (Int8Linear, Int8Embedding, Int4Linear, Int4Embedding)
@@ -209,20 +211,31 @@ def _configs(folder: Path):
 
 
 def save_cache(cache_file: Path, key: str, tensors: dict, rest: dict) -> None:
-    """Write the cache atomically (a temporary name, then rename); a failed write leaves no
-    partial file, and temporaries of processes that died half-way are removed."""
+    """Write the cache atomically (a temporary name, then rename) if its disk has room; a
+    failed write leaves no partial file, and temporaries of processes that died half-way are
+    removed. A cache not written costs only time: the next start prepares the model again."""
     cache_file = Path(cache_file)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    for old in cache_file.parent.glob(f"{cache_file.name}.tmp-*"):
-        pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            old.unlink(missing_ok=True)
+    need = sum(t.numel() * t.element_size() for d in (tensors, rest) for t in d.values()
+               if isinstance(t, torch.Tensor))
     tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}")
     try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        for old in cache_file.parent.glob(f"{cache_file.name}.tmp-*"):
+            pid = old.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
+                old.unlink(missing_ok=True)
+        free = shutil.disk_usage(cache_file.parent).free
+        if free < need + CACHE_MARGIN:
+            log.warning("Not saving the prepared model to %s: it needs %.0f MB and that disk "
+                        "has %.0f MB free. It runs from memory now; the next start prepares it "
+                        "again (free some space to make later starts faster).",
+                        cache_file.parent, need / 2**20, free / 2**20)
+            return
         torch.save({"key": key, "tensors": tensors, "rest": rest}, tmp)
         os.replace(tmp, cache_file)
     except (OSError, RuntimeError) as exc:  # disk full, read-only: only the next start is slower
-        log.warning("Could not write %s: %s", cache_file, exc)
+        log.warning("Not saving the prepared model to %s: %s. It runs from memory now; the "
+                    "next start prepares it again.", cache_file, exc)
     finally:
         tmp.unlink(missing_ok=True)
 
