@@ -192,3 +192,25 @@ def test_the_page_says_it_waits_for_a_locked_history_file_then_answers(browser, 
     assert [r["content"] for r in stored if r["role"] == "user"] == [
         "hello", "sent while the file is locked"]
     assert stored[-1]["role"] == "assistant" and stored[-1]["status"] == "complete"
+
+
+def test_a_read_only_data_folder_is_one_sentence_at_start(tmp_path):
+    """A read-only mount (root ignores chmod, so a read-only bind mount it is): the app exits
+    at once, naming the folder and the setting to change, without a traceback."""
+    from tests.server import free_port, run_app
+
+    data = tmp_path / "app" / "data"
+    data.mkdir(parents=True)
+    (data / "chat.db").write_bytes(b"")  # a history from before, now on a read-only disk
+    if subprocess.run(["mount", "--bind", str(data), str(data)]).returncode:
+        pytest.skip("cannot bind-mount here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(data)]).returncode:
+            pytest.skip("cannot remount read-only here")
+        done = run_app(tmp_path / "app", {"model": "Qwen/Qwen2.5-0.5B-Instruct", "data_dir": "data",
+                                              "port": free_port()})
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert str(data) in out and "data_dir:" in out and "Traceback" not in out, out
