@@ -30,7 +30,7 @@ EN = {
     "config_invalid": "config.yaml was not applied: {error}",
     "deleted": "This conversation no longer exists (deleted in another tab).",
     "gone": "This conversation was deleted (in another tab): your message starts a new one.",
-    "disk_full": "Your message could not be saved: {detail}",
+    "disk_full": "{detail} Your message is still shown in the chat, to copy.",
     "too_long": "This message is too long: the model reads at most {budget:,} tokens. Shorten it "
                 "or split it into several messages. Your text is still in the box.",
     "dropped": "This conversation is longer than the model can read ({budget:,} tokens): its "
@@ -93,7 +93,7 @@ ZH = {
     "config_invalid": "config.yaml 未生效：{error}",
     "deleted": "该对话已不存在（可能在其他标签页中被删除）。",
     "gone": "该对话已被删除（可能在其他标签页中）：你的消息已放入新对话。",
-    "disk_full": "消息未能保存：磁盘已满。请释放一些空间后重新发送。（{detail}）",
+    "disk_full": "消息未能保存：磁盘已满。请释放一些空间后重新发送；消息仍显示在对话中，可复制。（{detail}）",
     "too_long": "消息太长：模型最多读取 {budget:,} 个 token。请缩短或分成几条发送。文字仍保留在输入框中。",
     "dropped": "对话已超过模型可读取的长度（{budget:,} 个 token）：最早的消息将不再被模型看到。"
                "换个话题请开始新对话。",

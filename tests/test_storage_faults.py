@@ -214,3 +214,43 @@ def test_a_read_only_data_folder_is_one_sentence_at_start(tmp_path):
     out = done.stdout + done.stderr
     assert done.returncode == 2, out
     assert str(data) in out and "data_dir:" in out and "Traceback" not in out, out
+
+
+@pytest.mark.browser
+def test_the_page_says_the_disk_is_full_and_keeps_the_message_on_screen(small_disk, browser,
+                                                                        app_servers, tiny_dir):
+    from playwright.sync_api import expect
+
+    from tests.test_browser import SHOTS, open_app, send
+
+    expect.set_options(timeout=60_000)
+    server = app_servers(model=tiny_dir, extra_config={"max_new_tokens": 16})
+    page = open_app(browser.new_context(viewport={"width": 1280, "height": 900}), server.url)
+    send(page, "hello")
+    box = page.locator("#message textarea")
+    expect(page.locator('#chatbot [data-testid="bot"]')).to_have_count(1)
+    expect(box).to_be_enabled()
+    filler = fill(small_disk)
+    chatbot = page.locator("#chatbot")
+    bots = chatbot.locator('[data-testid="bot"]')
+    for k in range(40):  # SQLite first fills the room its files already hold
+        text = f"message {k} " + "words " * 300
+        send(page, text)
+        expect(bots).to_have_count(k + 2)  # answered, or told why not
+        expect(box).to_be_enabled()
+        if "is full" in bots.last.inner_text():
+            break
+    expect(bots.last).to_contain_text("Could not save: the disk holding")
+    expect(chatbot.locator('[data-testid="user"]').last).to_contain_text(f"message {k} words")
+    page.screenshot(path=str(SHOTS / "browser-disk-full.png"))
+    filler.unlink()
+    send(page, "after freeing space")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, stored = rows(server.db_path)
+        if stored[-1]["role"] == "assistant" and stored[-1]["status"] == "complete" \
+                and stored[-2]["content"] == "after freeing space":
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"not answered after freeing space: {stored[-2:]}")
