@@ -163,7 +163,7 @@ class ChatService:
                 "memory_mb": psutil.Process().memory_info().rss / 2**20,
                 "kv_cache_mb": self.engine.kv_bytes / 2**20,
                 "data_dir": str(self.store.path.parent), "disk_free_mb": self.store.free_mb(),
-                "history_busy": self.store.busy_since is not None,
+                "history_busy": self.history_busy(),
                 "ttft": last.ttft if last else None,
                 "tokens_per_s": last.tokens_per_s if last else None}
 
@@ -293,7 +293,7 @@ class ChatService:
     def _save_progress(self, message_id: int, text: str) -> None:
         """Save a streaming reply so far; skipped (the final save waits) while the file is
         locked by another program or the disk is full, so that the words keep coming."""
-        if self.store.busy_since is not None:
+        if self.history_busy():
             return
         try:
             self.store.update_message(message_id, content=text, wait_s=0)
