@@ -147,6 +147,14 @@ def test_a_reply_keeps_the_ids_it_was_generated_as(tiny_model):
     assert ids[start + len(one_by_one):] == as_text[start + len(canonical):]
     assert tok.decode(ids) == tok.decode(as_text)
 
+    # A special token the model generated mid-reply is not in the text the user saw (the
+    # stream skips it), but it is in the cache: the prompt keeps it.
+    special = one_by_one[:3] + [tok.convert_tokens_to_ids("<|im_start|>")] + one_by_one[3:]
+    assert tok.decode(special, skip_special_tokens=True) == text != tok.decode(special)
+    kept = engine.prompt_ids(chat("Be brief.", [("Hi", {**reply, "token_ids": special})],
+                                  "And then?"))[0].tolist()
+    assert kept[start:start + len(special)] == special
+
     # Ids that no longer spell the text (an edited reply) are ignored: the text is tokenized.
     stale = {**reply, "content": text + " (edited)"}
     edited = chat("Be brief.", [("Hi", stale)], "And then?")
