@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import prestarted
+
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 180.0  # the first .gguf conversion plus a slow shared machine
 # Variables of the test runner's shell that would change what the app reads or where it writes.
@@ -68,7 +70,13 @@ def run_app(config_dir: Path, values: dict | None = None, *,
 
 
 class AppServer:
-    """One running Qwen Chat: `url`, `data_dir`, `db_path`, `log_path`; `stop()`, `restart()`."""
+    """One running Qwen Chat: `url`, `data_dir`, `db_path`, `log_path`; `stop()`, `restart()`.
+
+    It starts as a fork of a process that has imported the app's libraries (tests/prestarted.py)
+    unless `prestarted` is False, QWEN_CHAT_TEST_PRESTART=0, or its environment sets variables
+    other than the app's own QWEN_CHAT_* (those a library may read when it is imported)."""
+
+    prestarted = os.environ.get("QWEN_CHAT_TEST_PRESTART", "1") != "0"
 
     def __init__(self, config_dir: Path, *, model: str | Path, port: int | None = None,
                  extra_config: dict | None = None, env: dict[str, str | None] | None = None):
@@ -99,13 +107,18 @@ class AppServer:
         """Start the app and return once its page answers HTTP 200 and, if `ready`, once its
         model is loaded (the page is served while it loads)."""
         assert self.proc is None, "already running"
+        argv = ["--config", str(self.config_path), "--no-browser"]
+        forked = self.prestarted and all(k.startswith("QWEN_CHAT_") for k in self.env)
         with open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(f"\n=== start {time.strftime('%H:%M:%S')} port {self.port} ===\n")
+            log.write(f"\n=== start {time.strftime('%H:%M:%S')} port {self.port}"
+                      f"{' (prestarted)' if forked else ''} ===\n")
             log.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, "app.py", "--config", str(self.config_path), "--no-browser"],
-                cwd=REPO, env=app_env(self.env), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
+            if forked:
+                self.proc = prestarted.Child(argv, app_env(self.env), self.log_path)
+            else:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "app.py", *argv], cwd=REPO, env=app_env(self.env),
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code = self.proc.poll()
