@@ -9,6 +9,8 @@ Each step reports to a LoadProgress (loading.py), which the page shows while the
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import inspect
 import os
@@ -216,6 +218,32 @@ def download_modelscope(model_id: str, *, cache_dir: Path,
             "folder or a .gguf file.") from exc
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers reads a .gguf three times for one load (config, tokenizer, weights), and each
+    `gguf.GGUFReader` parses every vocabulary string and merge again (9 s each for SmolLM2's
+    49,152 tokens on this machine); it also builds gguf's tensor-name map, the same for a given
+    architecture and layer count, once per module (397 times, 11 s). During one conversion both
+    are asked for the same thing each time: hand out the first answer again. Measured on
+    SmolLM2-135M-Instruct.Q4_1.gguf, 2 cores of an Intel Xeon: 35.7 -> 14.6 s, the same files."""
+    import gguf
+
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], object] = {}
+
+    def reader(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = reader_class(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
+
+
 def convert_gguf(path: Path, *, cache_dir: Path, progress: LoadProgress | None = None) -> Path:
     """De-quantize a .gguf into a safetensors folder once; later starts load that folder."""
     stat = path.stat()
@@ -229,9 +257,10 @@ def convert_gguf(path: Path, *, cache_dir: Path, progress: LoadProgress | None =
     print(f"Converting {path.name} for faster starts (once, about half a minute) ...", flush=True)
     (progress or LoadProgress()).begin("convert", size_mb=stat.st_size / MB)
     try:
-        gguf_model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        with _gguf_parsed_once():
+            gguf_model = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:  # noqa: BLE001 - a broken or unsupported file: say which and why
         raise ModelLoadError(f"Could not read {path}: {exc}") from exc
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config.
