@@ -114,6 +114,11 @@ port: 8080
 # Open the browser when the app starts. 启动时自动打开浏览器。
 open_browser: true
 
+# false: an image in a message from another host (![x](https://...)) shows as a link, loaded
+# only when clicked, so nothing is fetched from the internet by itself. true: shown at once.
+# false：消息中来自其他网站的图片显示为链接，点击才加载，页面不会自行访问外网。true：直接显示。
+allow_remote_images: false
+
 # Folder for conversations and caches, relative to this file. (restart)
 # 对话与缓存的存放文件夹，相对于本文件。（需重启）
 data_dir: data
@@ -158,6 +163,7 @@ class Config:
     queue_size: int = 32
     max_batch: int = 4
     open_browser: bool = True
+    allow_remote_images: bool = False
     data_dir: str = "data"
     threads: int | str = "auto"
     kv_cache_mb: int = 256
@@ -258,6 +264,7 @@ _RULES: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "queue_size": ((int,), "a whole number from 1 to 1000", _in(1, 1000)),
     "max_batch": ((int,), "a whole number from 1 to 16", _in(1, 16)),
     "open_browser": ((bool,), "true or false", None),
+    "allow_remote_images": ((bool,), "true or false", None),
     "data_dir": ((str,), "a folder path", lambda v: bool(v.strip())),
     "threads": ((int, str), "auto or a whole number from 1 to 256",
                 lambda v: v == "auto" if isinstance(v, str) else 1 <= v <= 256),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import secrets
 import tempfile
 from dataclasses import dataclass
@@ -19,8 +18,9 @@ import gradio as gr
 from . import i18n
 from .chat import LOW_SPACE_MB, ChatService, ReplyUpdate, config_warnings
 from .config import Config
+from .display import as_text, shown
 from .errors import MessageTooLong, NotFound, StorageFull
-from .store import COMPLETE, STREAMING, Message
+from .store import STREAMING, Message
 from .transfer import ImportRefused
 
 log = logging.getLogger(__name__)
@@ -55,28 +55,6 @@ def lang_of(request: gr.Request | None) -> str:
     return i18n.language(headers.get("accept-language"))
 
 
-# Fenced code blocks (closed, or still open while a reply streams) and inline code spans.
-_CODE = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.S)
-
-
-def as_text(markdown: str) -> str:
-    """Markdown whose HTML shows as text: outside code, `&` and `<` become entities, so no tag
-    (a <script>, an <img onerror=...>) ever reaches the page; code is shown verbatim anyway."""
-    parts = _CODE.split(markdown)
-    return "".join(part if i % 2 else part.replace("&", "&amp;").replace("<", "&lt;")
-                   for i, part in enumerate(parts))
-
-
-def shown(message: Message, lang: str) -> dict:
-    """A stored message as the chatbot shows it; a reply that did not complete says so."""
-    content = as_text(message.content)
-    if message.role == "assistant" and message.status not in (COMPLETE, STREAMING):
-        note = i18n.text(lang, message.status if message.status in i18n.EN else "error")
-        detail = f": {message.error}" if message.error else ""
-        content = f"{content}\n\n*⚠ {note}{detail}*".strip()
-    return {"role": message.role, "content": content}
-
-
 def status_line(update: ReplyUpdate, lang: str) -> str:
     if update.loading is not None:
         return i18n.loading(lang, update.loading)
@@ -98,7 +76,9 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
     def chat_of(owner: str, conversation_id: str | None, lang: str) -> list[dict]:
         if not (owner and conversation_id):
             return []
-        return [shown(m, lang) for m in service.messages(owner, conversation_id)]
+        remote = service.config().config.allow_remote_images
+        return [shown(m, lang, remote_images=remote)
+                for m in service.messages(owner, conversation_id)]
 
     def read_config(told: int | None, lang: str) -> tuple[Config, int, tuple[str, ...]]:
         """config.yaml for one message, read once as it arrives: (its settings, the version
@@ -141,7 +121,8 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             refused = i18n.text(lang, "too_long", budget=service.input_budget(config))
             return gr.skip(), chat, Taken("", config, (*notes, refused)), told
         return (gr.update(value="", interactive=False),
-                chat + [{"role": "user", "content": as_text(text)}], Taken(text, config, notes),
+                chat + [{"role": "user", "content": as_text(
+                    text, remote_images=config.allow_remote_images)}], Taken(text, config, notes),
                 told)
 
     def typing(owner, current, text, request: gr.Request):
@@ -164,7 +145,7 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                         gr.Info(i18n.text(lang, "dropped", budget=service.input_budget(config)))
                     message = Message(update.message_id, update.conversation.id, "assistant",
                                       update.text, 0.0, status=update.status, error=update.error)
-                    chat[-1] = shown(message, lang)
+                    chat[-1] = shown(message, lang, remote_images=config.allow_remote_images)
                     listing = gr.skip()
                     if update.conversation.id != known:  # a new conversation: list, select it
                         known = update.conversation.id

@@ -29,7 +29,7 @@ def test_missing_file_is_written_with_commented_defaults(tmp_path):
     # Every key is present and commented in English and Chinese.
     for key in ("model", "temperature", "top_p", "max_new_tokens", "repetition_penalty",
                 "enable_history", "system_prompt", "host", "port", "open_browser", "data_dir",
-                "threads", "kv_cache_mb", "precision"):
+                "threads", "kv_cache_mb", "precision", "allow_remote_images"):
         assert f"\n{key}:" in text
     assert "# Randomness of replies" in text and "随机" in text
 
