@@ -75,8 +75,10 @@ class Child:
     send_signal, kill (exit codes as Popen's: -N for signal N)."""
 
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path):
+        Path(log_path).touch()  # there at once, for a reader that waits for a line in it
+        # daemon: one a test leaves running is stopped (SIGTERM) when pytest exits, not waited for.
         self._process = _context_once().Process(target=_run, args=(argv, env, str(log_path)),
-                                                daemon=False)
+                                                daemon=True)
         self._process.start()
         self.pid = self._process.pid
         self.args = ["app.py", *argv]

@@ -9,8 +9,6 @@ subprocess: it starts (and is stopped) or exits with one `Error:` line.
 from __future__ import annotations
 
 import string
-import subprocess
-import sys
 import time
 
 import yaml
@@ -19,7 +17,8 @@ from hypothesis import strategies as st
 
 from qwen_chat.config import _RULES, Config, load_config
 from qwen_chat.errors import ConfigError
-from tests.server import REPO, app_env, free_port
+from tests import prestarted
+from tests.server import app_env, free_port
 
 KEYS = st.sampled_from(sorted(_RULES) + ["modle", "Port", "", "threads ", "日本語"])
 SCALARS = (st.none() | st.booleans() | st.integers(-10**12, 10**12)
@@ -75,24 +74,23 @@ def test_the_app_starts_or_exits_with_one_line(tmp_path_factory, tiny_dir, value
               "data_dir": str(folder / "data"), **values}
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "app.py", "--config", str(path), "--no-browser"],
-                            cwd=REPO, env=app_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, encoding="utf-8",
-                            errors="replace", stdin=subprocess.DEVNULL)
-    lines: list[str] = []
+    # The app's own process, forked ready-imported (tests/prestarted.py), output to a file.
+    out = folder / "app.log"
+    proc = prestarted.Child(["--config", str(path), "--no-browser"], app_env(), out)
     deadline = time.monotonic() + 120
     started = False
-    for line in proc.stdout:  # until it runs or exits
-        lines.append(line.rstrip("\n"))
-        if "Qwen Chat is running" in line:
-            started = True
-            break
-        if time.monotonic() > deadline:
-            break
-    if started:
-        proc.terminate()
-    out, _ = proc.communicate(timeout=60)
-    lines += out.splitlines()
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:  # until it runs or exits
+            if "Qwen Chat is running" in out.read_text(encoding="utf-8", errors="replace"):
+                started = True
+                break
+            time.sleep(0.05)
+        if started:
+            proc.terminate()
+        proc.wait(60)
+    finally:
+        proc.kill()
+    lines = out.read_text(encoding="utf-8", errors="replace").splitlines()
     log = "\n".join(lines)
     assert "Traceback" not in log, (values, log)
     if not started:
