@@ -205,7 +205,7 @@ def test_corrupt_cache_is_rebuilt(tiny_dir, tmp_path):
 def test_smollm_int8_agrees_with_fp32(smollm):
     """The issue's quality bar on a real instruct model: bench/quality.py's 54 prompts and
     measures, with fp32's side computed once per weights and torch version (tests/models.py)."""
-    from bench.quality import MIN_AGREEMENT, PROMPTS, _log_probs
+    from bench.quality import MIN_AGREEMENT, PROMPTS, log_probs_all
 
     from tests.models import fp32_reference
 
@@ -213,8 +213,9 @@ def test_smollm_int8_agrees_with_fp32(smollm):
     quant, _ = apply_precision(copy.deepcopy(model), "int8")
     agree = total = 0
     kl_sum = 0.0
-    for seq, prompt_len, ref in fp32_reference(model, tok, PROMPTS, new_tokens=16):
-        got = _log_probs(quant, seq, prompt_len)  # prefill, then the reply one token at a time
+    reference = fp32_reference(model, tok, PROMPTS, new_tokens=16)
+    # Prefill, then the reply one token at a time (prompts of one length batched, unpadded).
+    for (_, _, ref), got in zip(reference, log_probs_all(quant, reference)):
         agree += (ref.argmax(-1) == got.argmax(-1)).sum().item()
         kl_sum += (ref.exp() * (ref - got)).sum(-1).sum().item()  # KL(fp32 || int8)
         total += ref.shape[0]
