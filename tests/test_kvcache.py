@@ -267,8 +267,8 @@ def test_a_late_keystroke_of_a_message_being_answered_changes_nothing(tiny_model
 def test_a_draft_gives_way_to_a_reply_between_chunks(tiny_model, monkeypatch):
     """A long draft is prefilled DRAFT_CHUNK tokens at a time; a reply that arrives meanwhile
     (another conversation) starts after the current chunk, and the draft keeps what it did."""
-    import qwen_chat.engine.local as engine_module
-    monkeypatch.setattr(engine_module, "DRAFT_CHUNK", 8)
+    import qwen_chat.engine.drafts as drafts_module
+    monkeypatch.setattr(drafts_module, "DRAFT_CHUNK", 8)
     pair = Pair(*tiny_model)
     long_draft = chat("", [], "word " * 60)
     with pair.reuse.lock:  # hold the model: the draft's first chunk waits for it

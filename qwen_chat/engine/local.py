@@ -28,18 +28,13 @@ from transformers import DynamicCache
 
 from . import memory, prompt
 from .batching import Batch
+from .drafts import NO_LOGITS, DraftPrefill
 from .generation import Generation, Streamer  # noqa: F401 - Streamer re-exported
 from .kvcache import KVCacheStore
 from .reply import Reply, Sampling, Stats, flatten_content, stop_replies  # noqa: F401 - re-exported
 from .sampling import DEFAULT_TOP_K, sample
 from .threads import ThreadGovernor
 
-# A draft is prefilled this many tokens at a time; between two passes a reply that arrived goes
-# first, so a draft delays a reply by at most one pass (about 0.1 s on 2 cores).
-DRAFT_CHUNK = 32
-# Passes that only fill the cache (warm, drafts, the next turn's start) compute no logits: the
-# vocabulary-wide product of even one row is about 3.5 ms of a 3-token pass's 26 (measured).
-NO_LOGITS = torch.empty(0, dtype=torch.long)
 _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
@@ -56,9 +51,10 @@ def cache_arg(model) -> str:
     return "past_key_values"
 
 
-class Engine:
+class Engine(DraftPrefill):
     """A loaded causal LM and its tokenizer, generating up to `max_batch` replies together
-    (the engine contract, contract.ChatEngine, on this CPU)."""
+    (the engine contract, contract.ChatEngine, on this CPU); messages being typed are
+    prefilled by its DraftPrefill part (drafts.py)."""
 
     ready = True  # see loading.LoadingEngine, which stands in for an engine while it loads
     progress = None
@@ -186,41 +182,6 @@ class Engine:
             raise failed[0]
         return int(ids.shape[-1])
 
-    def prepare(self, messages: list[dict], cache_key: str) -> threading.Event:
-        """Prefill `messages` (their last one is being typed) into `cache_key`'s KV cache while
-        the engine is idle, so that the reply to them, once sent, starts from the cache. Only the
-        latest draft of a key is kept. A draft that comes while a reply of the same key is
-        queued or running is dropped: it was typed before that reply, which it lacks (a late
-        keystroke of the message being answered). Returns an event set once the draft has been
-        prefilled, replaced by a newer one, or dropped."""
-        done = threading.Event()
-        if self.kv.budget <= 0:
-            done.set()
-            return done
-        ids = self.prompt_ids(messages)[0]
-        with self._wake:
-            if self._closing or any(g.cache_key == cache_key and g.running for g in self._replies):
-                done.set()
-                return done
-            self._drop_draft(cache_key)
-            self._drafts[cache_key] = (ids, done)
-            self._run_scheduler()
-        return done
-
-    def adopt(self, draft_key: str, cache_key: str) -> None:
-        """A message typed under `draft_key` (a new chat) was sent as conversation `cache_key`:
-        its prefilled cache becomes that conversation's, before the reply is admitted."""
-        with self._wake:
-            self._drop_draft(draft_key)
-            self._jobs.append(lambda: self.kv.rename(draft_key, cache_key))
-            self._run_scheduler()
-
-    def _drop_draft(self, key: str | None) -> None:
-        """Forget `key`'s pending draft (call with self._wake held)."""
-        ids_done = self._drafts.pop(key, None) if key else None
-        if ids_done is not None:
-            ids_done[1].set()
-
     def forget(self, cache_key: str) -> None:
         """Drop a conversation's cache (it was deleted)."""
         with self._wake:
@@ -322,10 +283,7 @@ class Engine:
                 self._resting.clear()
                 jobs = list(self._jobs)
                 self._jobs.clear()
-                draft = None
-                if not jobs and not self._waiting and not busy and self._drafts:
-                    key = next(iter(self._drafts))
-                    draft = (key, *self._drafts.pop(key))
+                draft = None if jobs or self._waiting or busy else self._next_draft()
             for job in jobs:
                 job()
             if draft is not None:
@@ -340,29 +298,6 @@ class Engine:
             while self._waiting and busy + len(admitted) < self.max_batch:
                 admitted.append(self._waiting.popleft())
             return admitted
-
-    def _draft(self, key: str, ids: torch.Tensor, done: threading.Event) -> None:
-        """Prefill a draft's uncached tokens into `key`'s cache, DRAFT_CHUNK at a time; stop
-        early (keeping what is done) when a reply or a newer draft of `key` arrives."""
-        try:
-            cache, done_upto = self.kv.take(key, ids)
-            cache = cache if cache is not None else DynamicCache(config=self.model.config)
-            try:
-                while done_upto < len(ids):
-                    with self._wake:
-                        if self._waiting or self._jobs or key in self._drafts or self._closing:
-                            break
-                    chunk = ids[done_upto:done_upto + DRAFT_CHUNK]
-                    with self.lock, torch.inference_mode():
-                        self._forward(cache, input_ids=chunk[None], logits_to_keep=NO_LOGITS)
-                    done_upto += len(chunk)
-            finally:
-                if cache.get_seq_length() == done_upto:  # else a pass failed half-way: drop it
-                    self.kv.put(key, ids, cache)
-        except Exception:  # noqa: BLE001 - only a head start lost: the reply prefills it all
-            pass
-        finally:
-            done.set()
 
     def _over(self, g: Generation) -> bool:
         return bool(g.tokens) and (g.tokens[-1] in self.eos_token_ids
