@@ -190,12 +190,15 @@ class ChatService:
 
     # Replies --------------------------------------------------------------------------------
     def send(self, owner: str, conversation_id: str | None, text: str, *,
-             session: str | None = None, config: Config | None = None) -> Iterator[ReplyUpdate]:
+             session: str | None = None, config: Config | None = None,
+             keep: int | None = None) -> Iterator[ReplyUpdate]:
         """Store the user's message (a new conversation if none is given), then stream a reply.
 
         A message with nothing but white space is ignored: nothing is stored or yielded.
         `session` names the caller (a browser tab) so that `stop(session)` can end this reply.
         `config`: the settings the caller read when the message arrived (read here if None).
+        `keep`: the message goes after the conversation's first `keep` messages, replacing the
+        later ones (an edited message, a retry), in one transaction; None: after all of them.
         """
         if not text or not text.strip():
             return
@@ -208,7 +211,11 @@ class ChatService:
                 conversation = self.store.create_conversation(owner, title_from(text))
                 if session is not None:  # what was typed in the new chat was prefilled under this
                     self.engine.adopt(draft_key(session), conversation.id)
-            self.store.add_message(conversation.id, "user", text)
+            replacing = None
+            if keep is not None and conversation_id:
+                later = self.store.messages(owner, conversation_id)[max(keep, 0):]
+                replacing = later[0].id if later else None
+            self.store.add_message(conversation.id, "user", text, replacing_from=replacing)
             yield from self._reply(owner, conversation, session, config)
 
     @contextlib.contextmanager
@@ -256,20 +263,6 @@ class ChatService:
         except MessageTooLong:
             return None
         return self.engine.prepare(fitted.messages, conversation_id or draft_key(session))
-
-    def retry(self, owner: str, conversation_id: str, *, session: str | None = None,
-              config: Config | None = None) -> Iterator[ReplyUpdate]:
-        """Replace the last reply with a new one (or answer a last user message left unanswered).
-        `config` as for send."""
-        config = config or self.config().config
-        conversation = self.store.get_conversation(owner, conversation_id)
-        history = self.store.messages(owner, conversation_id)
-        if history and history[-1].role == "assistant":
-            self.store.delete_message(history[-1].id)
-            history = history[:-1]
-        if not history or history[-1].role != "user":
-            return
-        yield from self._reply(owner, conversation, session, config)
 
     def input_budget(self, config: Config | None = None) -> int:
         """Prompt tokens allowed for a message under `config` (the current one if None)."""

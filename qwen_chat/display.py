@@ -69,3 +69,22 @@ def shown(message: Message, lang: str, *, remote_images: bool = False) -> dict:
         detail = f": {message.error}" if message.error else ""
         content = f"{content}\n\n*⚠ {note}{detail}*".strip()
     return {"role": message.role, "content": content}
+
+
+def typed(displayed: str) -> str:
+    """The markdown a user typed, from their message as the chat shows it (as_text's escapes
+    undone): an edit of a sent message starts from what the chat shows."""
+    parts = _CODE.split(displayed)
+    return "".join(part if i % 2 else
+                   part.replace("!\\[", "![").replace("&lt;", "<").replace("&amp;", "&")
+                   for i, part in enumerate(parts))
+
+
+def plain(content) -> str:
+    """The text of a chat message's content: a string, or Gradio's list of blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = [content]
+    return "".join(block.get("text", "") for block in content or ()
+                   if isinstance(block, dict) and block.get("type", "text") == "text")

@@ -250,13 +250,18 @@ class Store:
 
     # Messages ------------------------------------------------------------------------------
     def add_message(self, conversation_id: str, role: str, content: str, *,
-                    status: str = COMPLETE) -> Message:
-        """Insert and commit a message (and bump its conversation to the top of the list)."""
+                    status: str = COMPLETE, replacing_from: int | None = None) -> Message:
+        """Insert and commit a message (and bump its conversation to the top of the list).
+        `replacing_from`: a message id; it and every later message of the conversation are
+        deleted in the same transaction (an edited message replaces the turns after it)."""
         now = time.time()
         row = dict(conversation_id=conversation_id, role=role, content=content,
                    created_at=now, updated_at=now, status=status)
         def insert() -> int:
             with self.db.atomic():  # rolled back whole if it fails: a retry never doubles it
+                if replacing_from is not None:
+                    self.db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
+                                    [conversation_id, replacing_from])
                 table = self.db.table("messages")
                 table.insert(row)
                 message_id = table.last_rowid

@@ -56,7 +56,7 @@ def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
     wait_for(lambda: len(bot.last.inner_text()) > 40 if bot.count() else False)
     box = page.locator("#message textarea")
     expect(box).to_be_disabled()  # one message at a time: locked while the reply streams
-    page.locator("#stop").click()
+    page.locator("#message .stop-button").click()
     expect(box).to_be_enabled()
     stopped = wait_for(lambda: [r for r in replies(server.db_path) if r["status"] != "streaming"])
     assert stopped[0]["status"] == "stopped", stopped
@@ -72,7 +72,7 @@ def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
     expect(user.locator("strong")).to_have_text("hello")
     expect(user.locator(".katex").first).to_be_visible()
     wait_for(lambda: bot.count() == 2 and len(bot.last.inner_text()) > 0)  # it is answered
-    page.locator("#stop").click()  # no need to read the whole reply
+    page.locator("#message .stop-button").click()  # no need to read the whole reply
     wait_for(lambda: all(r["status"] != "streaming" for r in replies(server.db_path))
              and len(replies(server.db_path)) == 2)
     assert replies(server.db_path)[1]["new_tokens"] > 0
@@ -107,4 +107,4 @@ def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
     # A Chinese browser gets the Chinese interface.
     zh = open_app(browser.new_context(locale="zh-CN"), server.url)
     expect(zh.locator("#new-chat")).to_have_text("+ 新对话")
-    expect(zh.locator("#send")).to_have_text("发送")
+    expect(zh.locator("#message .submit-button")).to_have_text("发送")

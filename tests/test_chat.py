@@ -144,17 +144,6 @@ def test_history_setting_and_system_prompt_apply_to_the_next_message(setup):
     assert len(service.messages(OWNER, cid)) == 5
 
 
-def test_retry_replaces_the_last_reply(setup):
-    service, _ = setup
-    final = list(service.send(OWNER, None, "question"))[-1]
-    cid = final.conversation.id
-    retried = list(service.retry(OWNER, cid))[-1]
-    assert retried.status == "complete" and retried.message_id != final.message_id
-    messages = service.messages(OWNER, cid)
-    assert [m.role for m in messages] == ["user", "assistant"]
-    assert messages[1].id == retried.message_id
-
-
 def test_a_reply_is_stored_with_its_token_ids_and_a_restart_gives_the_same_replies(
         setup, tmp_path, tiny_model):
     service, config_path = setup
@@ -172,7 +161,7 @@ def test_a_reply_is_stored_with_its_token_ids_and_a_restart_gives_the_same_repli
     # The next turn reuses the cached prompt and reply whole (its last token was never cached).
     second = list(service.send(OWNER, conv.id, "And then?"))[-1]
     assert second.stats.cached_tokens >= first.stats.prompt_tokens + len(ids) - 1
-    retried = list(service.retry(OWNER, conv.id))[-1]
+    retried = list(service.send(OWNER, conv.id, "And then?", keep=2))[-1]  # a retry
     assert retried.stats.cached_tokens == second.stats.prompt_tokens - 1
 
     # A restart: an empty cache, the stored ids. The reply is the one the cache gave (greedy).
@@ -180,7 +169,7 @@ def test_a_reply_is_stored_with_its_token_ids_and_a_restart_gives_the_same_repli
     store = Store(tmp_path / "chat.db")
     restarted = ChatService(store, Engine(*tiny_model),
                             ConfigWatcher(config_path, load_config(config_path)))
-    again = list(restarted.retry(OWNER, conv.id))[-1]
+    again = list(restarted.send(OWNER, conv.id, "And then?", keep=2))[-1]
     assert again.stats.cached_tokens == 0
     assert (again.text, again.stats.prompt_tokens) == (retried.text, retried.stats.prompt_tokens)
     store.close()
@@ -350,7 +339,7 @@ def test_config_is_read_once_per_message_and_a_save_mid_reply_applies_to_the_nex
     second = list(service.send(OWNER, cid, "second question", session="tab"))[-1]
     assert len(reads) == 2 and second.stats.new_tokens == 5
     assert asked[1][0][0] == {"role": "system", "content": "Be kind."}
-    retried = list(service.retry(OWNER, cid, session="tab"))[-1]
+    retried = list(service.send(OWNER, cid, "second question", session="tab", keep=2))[-1]
     assert len(reads) == 3 and retried.stats.new_tokens == 5
 
     # A caller that read the config as the message arrived (the page) hands it down: no read.
@@ -405,8 +394,34 @@ def test_the_pages_concurrency_follows_max_batch(tmp_path, tiny_model):
     demo = build_ui(service, secret="s" * 64)
     with demo:
         add_api(service, concurrency_id=GENERATE)
+    demo.queue(default_concurrency_limit=3)  # as app.py does: ChatInterface's own events
     queued = [fn for fn in demo.fns.values() if fn.fn is not None and fn.queue]
-    assert {fn.concurrency_limit for fn in queued} == {3}
-    replies = {fn.name for fn in queued if fn.concurrency_id == GENERATE}
-    assert replies == {"send", "retry", "chat"}
+    assert {3 if fn.concurrency_limit == "default" else fn.concurrency_limit
+            for fn in queued} == {3}
+    # The page's replies (ChatInterface's: sent, retried, edited) and the script API's.
+    replies = [fn.name for fn in queued if fn.concurrency_id == GENERATE]
+    assert sorted(set(replies)) == ["_submit_fn", "chat"] and len(replies) >= 4
     store.close()
+
+
+def test_an_edited_message_replaces_the_turns_after_it_and_reuses_the_cache(setup):
+    """Editing the first of two questions (keep=0 messages before it): the later turns go, in
+    the same transaction as the new message is stored; the reply's prompt reuses the cached
+    system prompt; a refused edit (too long) deletes nothing."""
+    service, _ = setup
+    first = list(service.send(OWNER, None, "first question"))[-1]
+    cid = first.conversation.id
+    list(service.send(OWNER, cid, "second question"))
+    assert len(rows(service, cid)) == 4
+    with pytest.raises(MessageTooLong):
+        list(service.send(OWNER, cid, "x " * 100_000, keep=0))
+    assert len(rows(service, cid)) == 4
+    edited = list(service.send(OWNER, cid, "first question, edited", keep=0))[-1]
+    user, reply = rows(service, cid)
+    assert user["content"] == "first question, edited" and reply["id"] == edited.message_id
+    assert 0 < reply["cached_tokens"] < reply["prompt_tokens"]
+    # A retry of the last message: the same question again, its prompt all but cached.
+    again = list(service.send(OWNER, cid, "first question, edited", keep=0))[-1]
+    user2, reply2 = rows(service, cid)
+    assert user2["id"] > user["id"] and reply2["id"] == again.message_id
+    assert reply2["cached_tokens"] >= reply2["prompt_tokens"] - 2, reply2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qwen_chat.display import as_text, shown
+from qwen_chat.display import as_text, plain, shown, typed
 from qwen_chat.store import Message
 
 
@@ -38,3 +38,19 @@ def test_allowed_remote_images_are_left_as_written():
     reply = Message(1, "c", "assistant", text, 0.0, status="complete")
     assert shown(reply, "en")["content"].startswith("[↗ cat · evil.example]")
     assert shown(reply, "en", remote_images=True)["content"] == text
+
+
+def test_what_the_chat_shows_gives_back_what_was_typed():
+    """An edit starts from the message as the chat shows it: as_text's escapes are undone."""
+    for text in ("a & b <i>x</i> &lt; `<code> & ![c](http://x.example/y.png)`",
+                 "![r][ref] and ![f](file:///etc/passwd)", "plain", "&amp;"):
+        assert typed(as_text(text)) == text
+    assert as_text(typed(as_text("see ![cat](http://e.example/x.png)"))) == \
+        as_text("see ![cat](http://e.example/x.png)")  # a link stays the same link
+
+
+def test_the_text_of_a_chat_message_in_any_of_gradios_shapes():
+    assert plain("hi") == "hi"
+    assert plain([{"type": "text", "text": "a"}, {"type": "file", "file": {}},
+                  {"type": "text", "text": "b"}]) == "ab"
+    assert plain({"type": "text", "text": "c"}) == "c" and plain(None) == ""

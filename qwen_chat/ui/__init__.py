@@ -1,0 +1,65 @@
+"""The web page: Gradio Blocks over the chat service, no SQL and no model code here. Built from
+small builders, each making its components and wiring its own events: the sidebar
+(conversations), the chat (ChatInterface), the system banner and panel.
+
+Each browser gets a stable anonymous owner id kept in gr.BrowserState (encrypted with a secret
+from the data folder, so it survives restarts); every call to the service is scoped to it.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import gradio as gr
+
+from .. import i18n
+from ..chat import ChatService
+from . import chat, sidebar, system
+from .common import GENERATE, Page, lang_of, tell
+
+__all__ = ["GENERATE", "build_ui", "launch_options"]
+
+CSS = """
+#title h1, #title p { font-size: 1.6em; font-weight: 700; margin: 0; }
+#status { min-height: 1.5em; opacity: .75; font-size: .9em; }
+#model-status { padding: .5em .8em; border-radius: 8px; background: var(--color-accent-soft); }
+#conversations label { width: 100%; }
+#conversations label.selected, #conversations label.selected * { color: white; }
+"""
+
+
+def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
+    with gr.Blocks(title="Qwen Chat", analytics_enabled=False) as demo:
+        page = Page(service, gr.I18n(**i18n.TRANSLATIONS),
+                    owner=gr.BrowserState(None, storage_key="qwen_chat_owner", secret=secret),
+                    current=gr.State(None), told=gr.State(None), seen=gr.State(0))
+        with gr.Sidebar(open=True):
+            side = sidebar.render(page)
+            panel = system.render_panel(page)
+        gr.Markdown(page.t("title"), elem_id="title")
+        gr.Markdown(page.t("subtitle"), elem_id="subtitle")
+        banner, poll = system.render_banner(page)
+        chat.render(page)
+        sidebar.wire(page, side)
+        system.wire(page, demo, panel, banner, poll)
+
+        def on_load(owner, told, request: gr.Request):
+            """This browser's identity and its newest conversation, opened."""
+            lang = lang_of(request)
+            _, told, notes = page.read_config(told, lang)  # a page opened after a bad save
+            tell(notes)
+            owner = owner or secrets.token_hex(16)
+            convs = page.choices(owner)
+            current = convs[0][1] if convs else None
+            return (owner, gr.update(choices=convs, value=current), current,
+                    *page.shows(page.chat_of(owner, current, lang)), "", told)
+
+        demo.load(on_load, [page.owner, page.told],
+                  [page.owner, page.conversations, page.current, page.chatbot, page.history,
+                   page.seen, page.status, page.told], **page.private)
+    return demo
+
+
+def launch_options() -> dict:
+    """Options that Gradio 6 takes at launch() rather than in Blocks()."""
+    return dict(i18n=gr.I18n(**i18n.TRANSLATIONS), css=CSS, theme=gr.themes.Soft())

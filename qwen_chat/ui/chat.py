@@ -1,0 +1,194 @@
+"""The chat: Gradio's ChatInterface, its fn a thin call into the chat service.
+
+SQLite holds the conversation; the ChatInterface shows it. What it hands its fn is used for one
+thing: how many messages the chat still shows. Fewer than the page had loaded means the user
+went back (edited a message, pressed retry or undo): the new message replaces the turns after
+that point (ChatService.send's `keep`), and the KV cache is cut back to the common prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import gradio as gr
+from gradio.context import get_blocks_context
+
+from .. import i18n
+from ..display import as_text, plain, shown, typed
+from ..errors import MessageTooLong, NotFound, StorageFull
+from ..store import Message
+from .common import GENERATE, LATEX, Page, lang_of, status_line, tell
+
+log = logging.getLogger(__name__)
+
+
+class Displayed(str):
+    """A user message taken back from the chat (retry, edit): already as the chat shows it."""
+
+
+class PageChat(gr.ChatInterface):
+    """ChatInterface whose user bubbles show as stored ones do (display.as_text: HTML as text,
+    images of other hosts as links). ChatInterface appends the typed text to the chat itself,
+    before its fn runs, so the one place to do it is where it appends (gradio 6.31)."""
+
+    def __init__(self, *args, show_user, **kwargs):
+        self._show_user = show_user
+        super().__init__(*args, **kwargs)
+
+    def _append_message_to_history(self, message, history, role="user"):
+        if role == "user" and isinstance(message, str):
+            message = self._show_user(typed(message) if isinstance(message, Displayed) else message)
+        return super()._append_message_to_history(message, history, role)
+
+    def _pop_last_user_message(self, history):
+        history, message = super()._pop_last_user_message(history)
+        return history, Displayed(message)
+
+    def _edit_message(self, history, edit_data: gr.EditData):
+        history, shown_history, message = super()._edit_message(history, edit_data)
+        return history, shown_history, Displayed(message) if isinstance(message, str) else message
+
+
+def render(page: Page) -> PageChat:
+    """The chat column: ChatInterface (chatbot, message box with Send and Stop), the status
+    line under it. Wires what happens as a message is typed, sent, stopped."""
+    service, t = page.service, page.t
+
+    def remote_images() -> bool:
+        return service.config().config.allow_remote_images
+
+    def show_user(text: str) -> str:
+        return as_text(text, remote_images=remote_images())
+
+    def too_long(message, request: gr.Request):
+        """Refuse, before it leaves the box, a message the model cannot read whole."""
+        if not isinstance(message, str) or not message.strip():
+            return gr.validate(False, "")
+        try:
+            service.check_length(message)
+        except MessageTooLong:
+            return gr.validate(False, i18n.text(lang_of(request), "too_long",
+                                                budget=service.input_budget()))
+        return gr.validate(True, "")
+
+    def same(item: dict, stored: Message, lang: str) -> bool:
+        """Whether a message the chat shows is the stored one."""
+        expected = (show_user(stored.content) if stored.role == "user" else
+                    shown(stored, lang, remote_images=remote_images())["content"])
+        return plain(item.get("content")).strip() == expected.strip()
+
+    def rewind(owner: str, current: str, history: list, seen: int | None, message: str,
+               lang: str) -> tuple[int | None, str]:
+        """(keep, text): where the message goes and what it says, for a chat that shows
+        `history`. A chat showing fewer messages than this page had shown was taken back to
+        that point, if what it still shows last is what is stored there (another tab may have
+        changed the conversation meanwhile: then the message goes at the end, nothing is
+        deleted)."""
+        text = typed(message) if isinstance(message, Displayed) else message
+        keep = len(history)
+        if not seen or keep >= seen:
+            return None, text
+        stored = service.messages(owner, current)
+        if keep > len(stored) or (keep and not same(history[-1], stored[keep - 1], lang)):
+            return None, text
+        if (keep < len(stored) and stored[keep].role == "user"
+                and show_user(stored[keep].content) == message):
+            text = stored[keep].content  # a retry, or an edit that changed nothing
+        return keep, text
+
+    def respond(message, history, owner, current, told, seen, request: gr.Request):
+        """Yields (reply, current, conversation list, status, told, seen)."""
+        lang = lang_of(request)
+        config, told, notes = page.read_config(told, lang)
+        tell(notes)
+        if current and not service.exists(owner, current):
+            gr.Warning(i18n.text(lang, "gone"))  # deleted in another tab: a new conversation
+            current = None
+        keep, text = (rewind(owner, current, history, seen, message, lang) if current
+                      else (None, typed(message) if isinstance(message, Displayed) else message))
+        before, seen = seen, len(history) + 2
+        updates = service.send(owner, current, text, session=request.session_hash,
+                               config=config, keep=keep)
+        known, told_dropped = current, False
+        with contextlib.closing(updates):
+            try:
+                for update in updates:
+                    if update.notice and not told_dropped:  # once per conversation
+                        told_dropped = True
+                        gr.Info(i18n.text(lang, "dropped", budget=service.input_budget(config)))
+                    reply = shown(Message(update.message_id, update.conversation.id, "assistant",
+                                          update.text, 0.0, status=update.status,
+                                          error=update.error),
+                                  lang, remote_images=config.allow_remote_images)
+                    listing = gr.skip()
+                    if update.conversation.id != known:  # a new conversation: list, select it
+                        known = update.conversation.id
+                        listing = page.listing(owner, known)
+                    yield reply, known, listing, status_line(update, lang), told, seen
+            except NotFound:  # deleted in another tab while the reply streamed
+                gr.Warning(i18n.text(lang, "deleted"))
+                yield "", None, page.listing(owner, None), "", told, 0
+            except MessageTooLong:  # a retry after max_input_tokens was lowered
+                gr.Warning(i18n.text(lang, "too_long", budget=service.input_budget(config)))
+                yield "", known, gr.skip(), "", told, before
+            except StorageFull as exc:  # nothing was saved: the message stays on screen
+                gr.Warning(i18n.text(lang, "disk_full", detail=str(exc)))
+                yield f"⚠️ {exc}", known, gr.skip(), "", told, seen
+
+    def typing(owner, current, text, request: gr.Request):
+        """The message box changed: prefill what it holds while the user is still typing."""
+        if owner and text:
+            try:
+                service.draft(owner, current, text, session=request.session_hash)
+            except Exception:  # noqa: BLE001 - only a head start: Send works without it
+                log.exception("Could not prefill the message being typed")
+
+    def stop(owner, current, request: gr.Request):
+        """Stop this tab's reply (it ends within one decode step), then show it as saved:
+        marked "stopped". (ChatInterface's cancel of the event may have ended it first.)"""
+        conversation_id = service.stop(request.session_hash) or current
+        if not conversation_id:
+            return gr.skip(), gr.skip(), gr.skip()
+        service.wait_saved(owner, conversation_id)
+        try:
+            return page.shows(page.chat_of(owner, conversation_id, lang_of(request)))
+        except NotFound:
+            return gr.skip(), gr.skip(), gr.skip()
+
+    private = page.private
+    chatbot = gr.Chatbot(elem_id="chatbot", height=520, latex_delimiters=LATEX,
+                         buttons=["copy"], placeholder=t("welcome"), feedback_options=None,
+                         show_label=False, editable="user")
+    box = gr.Textbox(placeholder=t("message_placeholder"), show_label=False, lines=1,
+                     max_lines=8, autofocus=True, elem_id="message", submit_btn=t("send"),
+                     stop_btn=t("stop"))
+    status = gr.Markdown("", elem_id="status", render=False)
+    chat = PageChat(
+        respond, show_user=show_user, chatbot=chatbot, textbox=box, editable=True,
+        additional_inputs=[page.owner, page.current, page.told, page.seen],
+        additional_outputs=[page.current, page.conversations, status, page.told, page.seen],
+        validator=too_long, concurrency_limit=service.engine.max_batch, api_name="page_reply",
+        api_visibility="private", fill_height=False, show_progress="hidden")
+    status.render()
+    page.chatbot, page.history, page.box, page.status = chatbot, chat.chatbot_state, box, status
+    # Each keystroke hands the draft to the engine, which prefills it while idle (only the
+    # latest counts), so Send has little left to prefill. No output, no progress shown.
+    box.input(typing, [page.owner, page.current, box], None, queue=False,
+              trigger_mode="always_last", show_progress="hidden", **private)
+    # Stop (ChatInterface cancels the reply's event) also ends the generation at once, through
+    # the service, and shows the reply as saved.
+    box.stop(stop, [page.owner, page.current], [chatbot, chat.chatbot_state, page.seen], queue=False,
+             **private)
+    # ChatInterface empties the box's placeholder as a message is sent; it comes back once the
+    # reply is in (ChatInterface copies the chat into its history then).
+    chat.chatbot_state.change(lambda: gr.update(placeholder=t("message_placeholder")),
+                              outputs=[box], queue=False, show_progress="hidden", **private)
+    # The events that stream a reply (a message sent, retried, edited): replies of the page
+    # and of scripts (/chat) share the engine's batch, and leaving a conversation cancels them.
+    replies = [fn for fn in get_blocks_context().fns.values() if fn.name == "_submit_fn"]
+    for fn in replies:
+        fn.concurrency_id = GENERATE
+    page.replies.extend(fn.get_config() for fn in replies)
+    box.stop(None, cancels=page.replies, **private)
+    return chat

@@ -1,0 +1,97 @@
+"""What the page's builders share: the service, the page's per-tab state, the reading of
+config.yaml once per message, and the view of a conversation. No components are built here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from .. import i18n
+from ..chat import ChatService, ReplyUpdate, config_warnings
+from ..config import Config
+from ..display import shown
+from ..store import STREAMING
+
+LATEX = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "\\[", "right": "\\]", "display": True},
+    {"left": "\\(", "right": "\\)", "display": False},
+]
+GENERATE = "generate"  # one concurrency group: as many replies as the engine batches
+
+
+def lang_of(request: gr.Request | None) -> str:
+    headers = getattr(request, "headers", None) or {}
+    return i18n.language(headers.get("accept-language"))
+
+
+def status_line(update: ReplyUpdate, lang: str) -> str:
+    if update.loading is not None:
+        return i18n.loading(lang, update.loading)
+    stats = update.stats
+    if stats.ttft is None:
+        return i18n.text(lang, "thinking") if update.status == STREAMING else ""
+    if stats.tokens_per_s is None:
+        return i18n.text(lang, "status_short", ttft=stats.ttft, tokens=stats.new_tokens)
+    return i18n.text(lang, "status", ttft=stats.ttft, tps=stats.tokens_per_s,
+                     tokens=stats.new_tokens)
+
+
+@dataclass
+class Page:
+    """The service and the components that several builders read or write. Each builder sets
+    the components it makes (sidebar: `conversations`; chat: `chatbot`, `status`, ...)."""
+    service: ChatService
+    t: gr.I18n
+    owner: gr.BrowserState
+    current: gr.State  # the open conversation's id, None for a new chat
+    told: gr.State  # the config version this page last told its user about
+    seen: gr.State  # how many stored messages of `current` the chat shows (see chat.respond)
+    # Set by the builders: the sidebar's list, the chat's components and its reply events.
+    conversations: gr.Radio | None = None
+    chatbot: gr.Chatbot | None = None
+    history: gr.State | None = None  # ChatInterface's copy of the chat, handed to its fn
+    box: gr.Textbox | None = None
+    status: gr.Markdown | None = None
+    system_box: gr.Markdown | None = None
+    replies: list = field(default_factory=list)  # the events that stream a reply (to cancel)
+
+    @property
+    def private(self) -> dict:
+        """Options of every event of the page: not an API for scripts, and as many at once as
+        the engine batches (the queue's default would be one)."""
+        return dict(api_visibility="private", concurrency_limit=self.service.engine.max_batch)
+
+    def shows(self, chat: list[dict]) -> tuple[list[dict], list[dict], int]:
+        """Outputs [chatbot, history, seen] for a chat loaded from the store."""
+        return chat, chat, len(chat)
+
+    # Reads the builders share ----------------------------------------------------------------
+    def choices(self, owner: str | None) -> list[tuple[str, str]]:
+        return [(c.title, c.id) for c in self.service.conversations(owner)] if owner else []
+
+    def listing(self, owner: str | None, value: str | None) -> dict:
+        return gr.update(choices=self.choices(owner), value=value)
+
+    def chat_of(self, owner: str | None, conversation_id: str | None, lang: str) -> list[dict]:
+        """The conversation as the chat shows it (NotFound if it is gone)."""
+        if not (owner and conversation_id):
+            return []
+        remote = self.service.config().config.allow_remote_images
+        return [shown(m, lang, remote_images=remote)
+                for m in self.service.messages(owner, conversation_id)]
+
+    def read_config(self, told: int | None, lang: str) -> tuple[Config, int, tuple[str, ...]]:
+        """config.yaml for one message, read once as it arrives: (its settings, the version
+        this page has now told its user about, what to tell). A refused save, or keys waiting
+        for a restart, are told once per saved change on every page (`told` is this page's)."""
+        snapshot = self.service.config()
+        notes = tuple(i18n.text(lang, key, **values)
+                      for key, values in config_warnings(snapshot, told))
+        return snapshot.config, snapshot.version, notes
+
+
+def tell(notes: tuple[str, ...]) -> None:
+    for note in notes:
+        gr.Warning(note)
