@@ -22,7 +22,7 @@ from typing import Iterator
 
 import psutil
 
-from . import context, i18n, transfer
+from . import context, i18n, search, transfer
 from .config import Config, ConfigSnapshot, ConfigWatcher
 from .engine.contract import ChatEngine, Reply, Sampling, Stats
 from .errors import GenerationError, MessageTooLong, ModelNotLoaded, NotFound, StorageFull
@@ -145,6 +145,13 @@ class ChatService:
 
     def messages(self, owner: str, conversation_id: str) -> list[Message]:
         return self.store.messages(owner, conversation_id)
+
+    def search(self, owner: str, query: str) -> list[search.Hit]:
+        """`owner`'s conversations holding `query` in their title or messages (see search)."""
+        return search.search(self.store, owner, query)
+
+    def pin(self, owner: str, conversation_id: str, pinned: bool) -> None:
+        self.store.pin_conversation(owner, conversation_id, pinned)
 
     def rename(self, owner: str, conversation_id: str, title: str) -> Conversation:
         return self.store.rename_conversation(owner, conversation_id, title_from(title) or "…")

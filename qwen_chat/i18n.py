@@ -65,6 +65,18 @@ EN = {
     "loading_load": "Loading model {pct}%",
     "loading_hint": "You can type now: your message is answered as soon as the model is ready.",
     "loading_failed": "The model could not be loaded. {error}",
+    "search_placeholder": "Search chats (Ctrl+K)",
+    "group_pinned": "Pinned",
+    "group_today": "Today",
+    "group_yesterday": "Yesterday",
+    "group_week": "Previous 7 days",
+    "group_older": "Older",
+    "results": "Found in {count} conversations",
+    "no_results": "No conversation holds “{query}”.",
+    "menu": "More actions",
+    "pin": "Pin to top",
+    "unpin": "Unpin",
+    "more": "Import and system",
 }
 
 ZH = {
@@ -126,6 +138,18 @@ ZH = {
     "loading_load": "正在加载模型 {pct}%",
     "loading_hint": "现在就可以输入：模型就绪后会立即回复你的消息。",
     "loading_failed": "模型无法加载。{error}",
+    "search_placeholder": "搜索对话（Ctrl+K）",
+    "group_pinned": "已置顶",
+    "group_today": "今天",
+    "group_yesterday": "昨天",
+    "group_week": "过去 7 天",
+    "group_older": "更早",
+    "results": "在 {count} 个对话中找到",
+    "no_results": "没有包含“{query}”的对话。",
+    "menu": "更多操作",
+    "pin": "置顶",
+    "unpin": "取消置顶",
+    "more": "导入与系统",
 }
 
 # gr.I18n locales: browsers report zh-CN, zh-TW, ... and gradio also falls back to "zh".

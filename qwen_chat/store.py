@@ -89,6 +89,19 @@ def m005_cached_tokens(db: sqlite_utils.Database) -> None:
     db.table("messages").add_column("cached_tokens", int)
 
 
+@migrations()
+def m006_pins_and_search(db: sqlite_utils.Database) -> None:
+    """Conversations can be pinned to the top; titles and messages get a full-text index
+    (FTS5, trigram tokenizer: any language, Chinese too, without word segmentation), kept up to
+    date by triggers. An SQLite without trigram (before 3.34) gets no index: search scans."""
+    db.table("conversations").add_column("pinned", int, not_null_default=0)
+    try:
+        db.table("messages").enable_fts(["content"], tokenize="trigram", create_triggers=True)
+        db.table("conversations").enable_fts(["title"], tokenize="trigram", create_triggers=True)
+    except sqlite3.OperationalError as exc:
+        log.warning("No full-text index for search (%s): search reads every message.", exc)
+
+
 @dataclass(frozen=True)
 class Conversation:
     id: str
@@ -96,6 +109,7 @@ class Conversation:
     title: str
     created_at: float
     updated_at: float
+    pinned: int = 0
 
 
 @dataclass(frozen=True)
@@ -222,7 +236,8 @@ class Store:
     def list_conversations(self, owner: str) -> list[Conversation]:
         with self._lock:
             rows = list(self.db.query(
-                "SELECT * FROM conversations WHERE owner = ? ORDER BY updated_at DESC, rowid DESC",
+                "SELECT * FROM conversations WHERE owner = ? "
+                "ORDER BY pinned DESC, updated_at DESC, rowid DESC",
                 [owner]))
         return [_row_to(Conversation, r) for r in rows]
 
@@ -239,6 +254,11 @@ class Store:
         self.get_conversation(owner, conversation_id)
         self._write(lambda: self.db.table("conversations").update(conversation_id, {"title": title}))
         return self.get_conversation(owner, conversation_id)
+
+    def pin_conversation(self, owner: str, conversation_id: str, pinned: bool) -> None:
+        self.get_conversation(owner, conversation_id)
+        self._write(lambda: self.db.table("conversations").update(
+            conversation_id, {"pinned": int(pinned)}))
 
     def delete_conversation(self, owner: str, conversation_id: str) -> None:
         def delete() -> None:

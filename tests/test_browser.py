@@ -82,6 +82,18 @@ def open_app(context, url: str):
     return page
 
 
+def rows(page):
+    """The sidebar's conversation rows; `.title` of each is what it shows."""
+    return page.locator("#conversations .row")
+
+
+def menu(row, action: str) -> None:
+    """Open a conversation row's menu (its ⋯ button) and click one of its actions."""
+    row.hover()
+    row.locator(".menu-toggle").click()
+    row.locator(f'[data-act="{action}"]').click()
+
+
 def send(page, text: str) -> None:
     box = page.locator("#message textarea")
     box.fill(text)
@@ -97,7 +109,7 @@ def test_chat_journey_in_a_real_browser(browser, app_servers, gguf_path):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = open_app(context, server.url)
     chatbot, status = page.locator("#chatbot"), page.locator("#status")
-    listing = page.locator("#conversations label")
+    listing = page.locator("#conversations .title")
     try:
         expect(listing).to_have_count(0)
 
@@ -121,7 +133,7 @@ def test_chat_journey_in_a_real_browser(browser, app_servers, gguf_path):
         page.reload()
         page.locator("#message textarea").wait_for(timeout=60_000)
         expect(listing).to_have_text([QUESTION], timeout=60_000)
-        expect(page.locator("#conversations input:checked")).to_have_count(1)
+        expect(page.locator("#conversations .row.selected")).to_have_count(1)
         expect(chatbot.locator('[data-testid="user"]')).to_have_text(QUESTION, timeout=30_000)
         expect(chatbot.locator('[data-testid="bot"]')).to_contain_text("Paris")
         page.screenshot(path=SHOTS / "browser-reload.png")
@@ -155,9 +167,9 @@ def test_chat_journey_in_a_real_browser(browser, app_servers, gguf_path):
 
     # Another browser (its own localStorage) gets its own empty history.
     other = open_app(browser.new_context(), server.url)
-    expect(other.locator("#conversations label")).to_have_count(0)
+    expect(other.locator("#conversations .row")).to_have_count(0)
     expect(other.locator('#chatbot [data-testid="user"]')).to_have_count(0)
     other.screenshot(path=SHOTS / "browser-other-browser.png")
     # ... while the first browser still has both.
     page.reload()
-    expect(page.locator("#conversations label")).to_have_count(2, timeout=60_000)
+    expect(page.locator("#conversations .row")).to_have_count(2, timeout=60_000)

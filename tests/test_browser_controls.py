@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.server import app_servers  # noqa: F401 - fixture
-from tests.test_browser import SHOTS, browser, open_app, send  # noqa: F401 - browser is a fixture
+from tests.test_browser import SHOTS, browser, menu, open_app, send  # noqa: F401 - a fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -28,6 +28,11 @@ def replies(db_path) -> list[dict]:
             "SELECT * FROM messages WHERE role = 'assistant' ORDER BY id")]
     finally:
         conn.close()
+
+
+def conversation_titles(db_path) -> list[str]:
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as conn:
+        return [r[0] for r in conn.execute("SELECT title FROM conversations ORDER BY rowid")]
 
 
 def wait_for(predicate, timeout: float = 120):
@@ -77,21 +82,27 @@ def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
              and len(replies(server.db_path)) == 2)
     assert replies(server.db_path)[1]["new_tokens"] > 0
 
-    # Rename, then delete (after a confirmation) the conversation.
-    listing = page.locator("#conversations label")
+    # Rename inline, then delete (after a confirmation) the conversation, from its row's menu.
+    listing = page.locator("#conversations .title")
     expect(listing).to_have_count(1)
-    page.locator("#rename-box textarea, #rename-box input").first.fill("Dragon story")
-    page.locator("#rename").click()
+    row = page.locator("#conversations .row").first
+    menu(row, "rename")
+    title = row.locator("input.rename")
+    title.fill("Dragon story")
+    title.press("Enter")
     expect(listing).to_have_text(["Dragon story"])
+    wait_for(lambda: conversation_titles(server.db_path) == ["Dragon story"], timeout=10)
     page.screenshot(path=SHOTS / "browser-controls.png")
-    page.locator("#delete").click()
-    page.locator("#confirm-delete").click()
+    menu(row, "delete")
+    expect(row.locator(".confirm")).to_be_visible()  # nothing deleted yet
+    assert conversation_titles(server.db_path) == ["Dragon story"]
+    row.locator('[data-act="confirm_delete"]').click()
     expect(listing).to_have_count(0)
     expect(chatbot.locator('[data-testid="user"]')).to_have_count(0)
     wait_for(lambda: replies(server.db_path) == [], timeout=10)  # gone from disk too
     page.reload()
     page.locator("#message textarea").wait_for(timeout=60_000)
-    expect(page.locator("#conversations label")).to_have_count(0)
+    expect(page.locator("#conversations .row")).to_have_count(0)
 
     # Reloading the page mid-reply ends the generation too (bounded), keeping the partial reply.
     send(page, "Write a very long story about a brave dragon and a clever knight.")

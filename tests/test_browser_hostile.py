@@ -38,7 +38,7 @@ def test_html_in_messages_and_replies_is_shown_as_text(browser, app_servers, tin
     with sqlite3.connect(server.db_path) as conn:
         conn.execute("UPDATE messages SET content = ? WHERE role = 'assistant'", [REPLY])
     page.reload()
-    page.locator("#conversations label").first.click()
+    page.locator("#conversations .title").first.click()
     page.get_by_text("Here: <script>window.__pwned = 4</script>", exact=False).wait_for(timeout=30_000)
     assert page.locator("#chatbot svg[onload]").count() == 0
     assert page.locator("#chatbot pre code").filter(has_text="<p>code stays</p>").count() == 1
@@ -106,7 +106,7 @@ def test_images_from_other_hosts_are_links_that_load_only_when_clicked(browser, 
             conn.execute("UPDATE messages SET content = ? WHERE role = 'assistant'",
                          [f"Sure ![pixel]({images.origin}/reply.png) done"])
         page.reload()
-        page.locator("#conversations label").first.click()
+        page.locator("#conversations .title").first.click()
         link = page.locator("#chatbot a", has_text="↗ pixel · 127.0.0.2")
         link.wait_for(timeout=30_000)
         assert page.locator("#chatbot a", has_text="↗ the chat so far · 127.0.0.2").count() == 1
@@ -120,7 +120,7 @@ def test_images_from_other_hosts_are_links_that_load_only_when_clicked(browser, 
         # The user opts in: the next render shows the images (so this test sees a fetch).
         write_config(server.config_dir, {**server.config, "allow_remote_images": True})
         page.reload()
-        page.locator("#conversations label").first.click()
+        page.locator("#conversations .title").first.click()
         page.locator(f"#chatbot img[src='{images.origin}/reply.png']").wait_for(timeout=30_000)
         deadline = time.monotonic() + 10
         while "/reply.png" not in images.requests and time.monotonic() < deadline:

@@ -109,10 +109,13 @@ def test_backup_while_the_database_is_being_written(tmp_path):
 
 
 def export(page, kind: str, folder: Path) -> Path:
-    """Click "Export .<kind>", then download the file the page offers, as a user would."""
+    """Choose "Export .<kind>" in the open conversation's menu, then download the file the
+    page offers, as a user would."""
     from playwright.sync_api import expect
 
-    page.locator(f"#export-{kind}").click()
+    from tests.test_browser import menu
+
+    menu(page.locator("#conversations .row.selected"), f"export_{kind}")
     link = page.locator(f'#exported a[download$=".{kind}"]').first
     expect(link).to_be_visible()
     with page.expect_download() as download:
@@ -150,9 +153,9 @@ def test_export_import_and_the_system_panel_in_the_browser(browser, app_servers,
     with page.expect_file_chooser() as chooser:
         page.locator("#import").click()
     chooser.value.set_files(str(saved))
-    expect(page.locator("#conversations label")).to_have_count(2)
+    expect(page.locator("#conversations .row")).to_have_count(2)
     expect(page.locator('#chatbot [data-testid="user"]')).to_have_text("export me, 导出我")
-    expect(page.locator("#conversations input:checked")).to_have_count(1)
+    expect(page.locator("#conversations .row.selected")).to_have_count(1)
 
     # The open (imported) conversation, as Markdown.
     markdown = export(page, "md", tmp_path).read_text(encoding="utf-8")

@@ -23,8 +23,7 @@ CSS = """
 #title h1, #title p { font-size: 1.6em; font-weight: 700; margin: 0; }
 #status { min-height: 1.5em; opacity: .75; font-size: .9em; }
 #model-status { padding: .5em .8em; border-radius: 8px; background: var(--color-accent-soft); }
-#conversations label { width: 100%; }
-#conversations label.selected, #conversations label.selected * { color: white; }
+#chatbot .message-row.found .message { outline: 2px solid var(--color-accent); }
 """
 
 
@@ -49,9 +48,9 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             _, told, notes = page.read_config(told, lang)  # a page opened after a bad save
             tell(notes)
             owner = owner or secrets.token_hex(16)
-            convs = page.choices(owner)
-            current = convs[0][1] if convs else None
-            return (owner, gr.update(choices=convs, value=current), current,
+            convs = service.conversations(owner)
+            current = convs[0].id if convs else None
+            return (owner, page.listing(owner, current, lang), current,
                     *page.shows(page.chat_of(owner, current, lang)), "", told)
 
         demo.load(on_load, [page.owner, page.told],

@@ -124,11 +124,11 @@ def render(page: Page) -> PageChat:
                     listing = gr.skip()
                     if update.conversation.id != known:  # a new conversation: list, select it
                         known = update.conversation.id
-                        listing = page.listing(owner, known)
+                        listing = page.listing(owner, known, lang)
                     yield reply, known, listing, status_line(update, lang), told, seen
             except NotFound:  # deleted in another tab while the reply streamed
                 gr.Warning(i18n.text(lang, "deleted"))
-                yield "", None, page.listing(owner, None), "", told, 0
+                yield "", None, page.listing(owner, None, lang), "", told, 0
             except MessageTooLong:  # a retry after max_input_tokens was lowered
                 gr.Warning(i18n.text(lang, "too_long", budget=service.input_budget(config)))
                 yield "", known, gr.skip(), "", told, before
@@ -148,13 +148,14 @@ def render(page: Page) -> PageChat:
         """Stop this tab's reply (it ends within one decode step), then show it as saved:
         marked "stopped". (ChatInterface's cancel of the event may have ended it first.)"""
         conversation_id = service.stop(request.session_hash) or current
+        placeholder = gr.update(placeholder=t("message_placeholder"))
         if not conversation_id:
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), placeholder
         service.wait_saved(owner, conversation_id)
         try:
-            return page.shows(page.chat_of(owner, conversation_id, lang_of(request)))
+            return *page.shows(page.chat_of(owner, conversation_id, lang_of(request))), placeholder
         except NotFound:
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), placeholder
 
     private = page.private
     chatbot = gr.Chatbot(elem_id="chatbot", height=520, latex_delimiters=LATEX,
@@ -178,8 +179,8 @@ def render(page: Page) -> PageChat:
               trigger_mode="always_last", show_progress="hidden", **private)
     # Stop (ChatInterface cancels the reply's event) also ends the generation at once, through
     # the service, and shows the reply as saved.
-    box.stop(stop, [page.owner, page.current], [chatbot, chat.chatbot_state, page.seen], queue=False,
-             **private)
+    box.stop(stop, [page.owner, page.current], [chatbot, chat.chatbot_state, page.seen, box],
+             queue=False, **private)
     # ChatInterface empties the box's placeholder as a message is sent; it comes back once the
     # reply is in (ChatInterface copies the chat into its history then).
     chat.chatbot_state.change(lambda: gr.update(placeholder=t("message_placeholder")),

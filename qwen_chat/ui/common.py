@@ -12,6 +12,7 @@ from ..chat import ChatService, ReplyUpdate, config_warnings
 from ..config import Config
 from ..display import shown
 from ..store import STREAMING
+from . import listing
 
 LATEX = [
     {"left": "$$", "right": "$$", "display": True},
@@ -49,7 +50,7 @@ class Page:
     told: gr.State  # the config version this page last told its user about
     seen: gr.State  # how many stored messages of `current` the chat shows (see chat.respond)
     # Set by the builders: the sidebar's list, the chat's components and its reply events.
-    conversations: gr.Radio | None = None
+    conversations: gr.HTML | None = None
     chatbot: gr.Chatbot | None = None
     history: gr.State | None = None  # ChatInterface's copy of the chat, handed to its fn
     box: gr.Textbox | None = None
@@ -68,11 +69,9 @@ class Page:
         return chat, chat, len(chat)
 
     # Reads the builders share ----------------------------------------------------------------
-    def choices(self, owner: str | None) -> list[tuple[str, str]]:
-        return [(c.title, c.id) for c in self.service.conversations(owner)] if owner else []
-
-    def listing(self, owner: str | None, value: str | None) -> dict:
-        return gr.update(choices=self.choices(owner), value=value)
+    def listing(self, owner: str | None, current: str | None, lang: str) -> dict:
+        """The sidebar list's value: this owner's conversations, `current` selected."""
+        return listing.listing(self.service.conversations(owner) if owner else [], current, lang)
 
     def chat_of(self, owner: str | None, conversation_id: str | None, lang: str) -> list[dict]:
         """The conversation as the chat shows it (NotFound if it is gone)."""
