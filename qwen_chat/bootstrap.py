@@ -35,8 +35,12 @@ MIRRORS = ("https://pypi.tuna.tsinghua.edu.cn/simple", "https://mirrors.aliyun.c
 SLOW_SECONDS = 3.0   # an index that takes longer than this for one small page is "slow"
 PROBE_TIMEOUT = 8.0
 # What --test needs from the system: (the file that shows it is there, its Debian package).
-# The browser tests drive /usr/bin/chromium directly (no "playwright install").
-TEST_SYSTEM_PACKAGES = (("/usr/bin/chromium", "chromium"),)
+# The browser tests drive /usr/bin/chromium directly (no "playwright install"); the fonts make
+# Chinese text and emoji in the page (and its screenshots) render as users see them.
+TEST_SYSTEM_PACKAGES = (("/usr/bin/chromium", "chromium"),
+                        ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "fonts-noto-cjk"),
+                        ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
+                         "fonts-noto-color-emoji"))
 VERSION_CHECK = "import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)"
 
 
@@ -296,7 +300,7 @@ def ensure_system_packages(packages: Sequence[tuple[str, str]], *,
                            is_root: bool | None = None) -> None:
     """Install missing Debian packages with apt-get (as root, or with sudo that needs no password);
     otherwise say what is missing. Never prompts; a failure is a warning, the tests say the rest."""
-    missing = [pkg for path, pkg in packages if not os.access(path, os.X_OK)]
+    missing = [pkg for path, pkg in packages if not os.access(path, os.R_OK)]
     if not missing:
         return
     names = " ".join(missing)

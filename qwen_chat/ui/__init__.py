@@ -14,7 +14,7 @@ import gradio as gr
 
 from .. import i18n
 from ..chat import ChatService
-from . import chat, sidebar, system
+from . import chat, habits, sidebar, system
 from .common import GENERATE, Page, lang_of, tell
 
 __all__ = ["GENERATE", "build_ui", "launch_options"]
@@ -35,7 +35,9 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         with gr.Sidebar(open=True):
             side = sidebar.render(page)
             panel = system.render_panel(page)
-        gr.Markdown(page.t("title"), elem_id="title")
+        with gr.Row(elem_id="header"):
+            gr.Markdown(page.t("title"), elem_id="title")
+            gr.Button("🌓", elem_id="theme-toggle", size="sm", scale=0, variant="secondary")
         gr.Markdown(page.t("subtitle"), elem_id="subtitle")
         banner, poll = system.render_banner(page)
         chat.render(page)
@@ -61,4 +63,5 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
 
 def launch_options() -> dict:
     """Options that Gradio 6 takes at launch() rather than in Blocks()."""
-    return dict(i18n=gr.I18n(**i18n.TRANSLATIONS), css=CSS, theme=gr.themes.Soft())
+    return dict(i18n=gr.I18n(**i18n.TRANSLATIONS), css=CSS + habits.CSS, js=habits.JS,
+                theme=gr.themes.Soft())

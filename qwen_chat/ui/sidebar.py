@@ -125,8 +125,8 @@ def wire(page: Page, side: Sidebar) -> None:
                    **private)
     page.conversations.click(**actions)
     page.conversations.submit(**actions, cancels=page.replies)
-    side.search.input(search, [page.owner, page.current, side.search], [page.conversations],
-                      trigger_mode="always_last", show_progress="hidden", **private)
+    side.search.change(search, [page.owner, page.current, side.search], [page.conversations],
+                       trigger_mode="always_last", show_progress="hidden", **private)
     # The chatbot's own clear icon only empties the view: it starts a new chat, deletes nothing.
     for trigger in (side.new_btn.click, page.chatbot.clear):
         trigger(new_chat, [page.owner],
