@@ -22,10 +22,10 @@ from typing import Iterator
 
 import psutil
 
-from . import context, i18n, search, transfer
+from . import context, i18n, presets, search, transfer
 from .config import Config, ConfigSnapshot, ConfigWatcher
 from .engine.contract import ChatEngine, Reply, Sampling, Stats
-from .errors import GenerationError, MessageTooLong, ModelNotLoaded, NotFound, StorageFull
+from .errors import ConfigError, GenerationError, MessageTooLong, ModelNotLoaded, NotFound, StorageFull
 from .engine.startup import Snapshot
 from .store import COMPLETE, ERROR, STOPPED, STREAMING, Conversation, Message, Store
 
@@ -146,6 +146,38 @@ class ChatService:
     def messages(self, owner: str, conversation_id: str) -> list[Message]:
         return self.store.messages(owner, conversation_id)
 
+    # A chat's own settings, and presets ------------------------------------------------------
+    def effective_config(self, chat_settings: dict | None, config: Config | None = None) -> Config:
+        """`config` (config.yaml now if None) with a chat's own settings over it; settings that
+        are no longer valid are left out (logged), config.yaml's values apply instead."""
+        config = config or self.config().config
+        try:
+            return context.chat_config(config, chat_settings)
+        except ConfigError as exc:
+            log.warning("A chat's own settings are ignored: %s", exc)
+            return config
+
+    def check_chat_settings(self, chat_settings: dict) -> None:
+        """ConfigError (naming the key, the value and what is allowed) if they are not valid."""
+        context.chat_config(self.config().config, chat_settings)
+
+    def chat_settings(self, owner: str, conversation_id: str) -> dict:
+        return self.store.get_conversation(owner, conversation_id).chat_settings
+
+    def set_chat_settings(self, owner: str, conversation_id: str, chat_settings: dict) -> None:
+        self.check_chat_settings(chat_settings)
+        self.store.set_settings(owner, conversation_id, chat_settings)
+
+    def presets(self, owner: str) -> list[presets.Preset]:
+        return presets.listed(self.store, owner)
+
+    def save_preset(self, owner: str, name: str, system_prompt: str, *,
+                    key: str | None = None) -> presets.Preset:
+        return presets.save(self.store, owner, name, system_prompt, key=key)
+
+    def remove_preset(self, owner: str, key: str) -> None:
+        presets.remove(self.store, owner, key)
+
     def search(self, owner: str, query: str) -> list[search.Hit]:
         """`owner`'s conversations holding `query` in their title or messages (see search)."""
         return search.search(self.store, owner, query)
@@ -198,7 +230,7 @@ class ChatService:
     # Replies --------------------------------------------------------------------------------
     def send(self, owner: str, conversation_id: str | None, text: str, *,
              session: str | None = None, config: Config | None = None,
-             keep: int | None = None) -> Iterator[ReplyUpdate]:
+             keep: int | None = None, settings: dict | None = None) -> Iterator[ReplyUpdate]:
         """Store the user's message (a new conversation if none is given), then stream a reply.
 
         A message with nothing but white space is ignored: nothing is stored or yielded.
@@ -206,16 +238,21 @@ class ChatService:
         `config`: the settings the caller read when the message arrived (read here if None).
         `keep`: the message goes after the conversation's first `keep` messages, replacing the
         later ones (an edited message, a retry), in one transaction; None: after all of them.
+        `settings`: a new conversation's own settings (see set_chat_settings); an existing one
+        uses those stored with it.
         """
         if not text or not text.strip():
             return
-        config = config or self.config().config
+        base = config or self.config().config
+        conversation = self.store.get_conversation(owner, conversation_id) if conversation_id \
+            else None
+        config = self.effective_config(
+            conversation.chat_settings if conversation else settings, base)
         self.check_length(text, config)
         with self._in_flight(session):
-            if conversation_id:
-                conversation = self.store.get_conversation(owner, conversation_id)
-            else:  # the store waits (minutes) while another program holds the file locked
-                conversation = self.store.create_conversation(owner, title_from(text))
+            if conversation is None:  # the store waits (minutes) while another program holds
+                conversation = self.store.create_conversation(  # the file locked
+                    owner, title_from(text), settings=settings)
                 if session is not None:  # what was typed in the new chat was prefilled under this
                     self.engine.adopt(draft_key(session), conversation.id)
             replacing = None
@@ -223,7 +260,7 @@ class ChatService:
                 later = self.store.messages(owner, conversation_id)[max(keep, 0):]
                 replacing = later[0].id if later else None
             self.store.add_message(conversation.id, "user", text, replacing_from=replacing)
-            yield from self._reply(owner, conversation, session, config)
+            yield from self._reply(owner, conversation, session, config, base)
 
     @contextlib.contextmanager
     def _in_flight(self, session: str | None) -> Iterator[None]:
@@ -250,19 +287,21 @@ class ChatService:
         return self.store.busy_since is not None
 
     def draft(self, owner: str, conversation_id: str | None, text: str, *,
-              session: str) -> threading.Event | None:
+              session: str, settings: dict | None = None) -> threading.Event | None:
         """The user is typing `text` (not sent yet): have the engine prefill the prompt it would
         make, while idle, so that Send only prefills what changed since. `session` names the
         tab, whose new chat has no conversation yet. Returns the engine's event (set once
         prefilled, replaced or skipped), or None when there is nothing to prefill."""
         if not text.strip() or not self.engine.ready:
             return None
-        config = self.config().config
-        if len(text) > context.CHARS_PER_TOKEN_LIMIT * self.input_budget(config):
-            return None
         try:
             stored = self.store.messages(owner, conversation_id) if conversation_id else []
+            if conversation_id:
+                settings = self.chat_settings(owner, conversation_id)
         except NotFound:  # deleted in another tab: Send will say so
+            return None
+        config = self.effective_config(settings)
+        if len(text) > context.CHARS_PER_TOKEN_LIMIT * self.input_budget(config):
             return None
         draft = Message(0, conversation_id or "", "user", text, time.time())
         try:  # the prompt _reply will build once the message is stored
@@ -323,7 +362,9 @@ class ChatService:
         return True
 
     def _reply(self, owner: str, conversation: Conversation, session: str | None,
-               config: Config) -> Iterator[ReplyUpdate]:
+               config: Config, base: Config) -> Iterator[ReplyUpdate]:
+        """Stream the reply to the conversation's last message, under `config` (the chat's
+        own settings over `base`, config.yaml as the message arrived)."""
         try:  # while the model loads, say how far it is (and notice a closed consumer)
             for snapshot in wait_for_model(self.engine, HEARTBEAT_INTERVAL):
                 yield ReplyUpdate(conversation, 0, "", STREAMING, loading=snapshot)
@@ -394,5 +435,5 @@ class ChatService:
             except StorageFull as exc:  # the reply is shown but not saved: say so
                 status, error = ERROR, str(exc)
             if self._warmed is not None:  # warming is on: re-warm a hot-reloaded system prompt
-                self.warm(config)
+                self.warm(base)
         yield ReplyUpdate(conversation, reply.id, "".join(parts), status, stats, error, notice)

@@ -76,7 +76,17 @@ EN = {
     "menu": "More actions",
     "pin": "Pin to top",
     "unpin": "Unpin",
-    "more": "Import and system",
+    "chat_settings": "Settings for this chat",
+    "start_from_preset": "Start a new chat from a preset",
+    "system_prompt": "System prompt",
+    "temperature": "Temperature (0 = always the same answer)",
+    "reply_length": "Reply length (max new tokens)",
+    "preset_name": "Preset name",
+    "save_preset": "Save as preset",
+    "remove_preset": "Remove preset",
+    "use_defaults": "Use config.yaml's values",
+    "preset_needs_name": "Give the preset a name first.",
+    "preset_saved": "Preset “{name}” saved.",
 }
 
 ZH = {
@@ -149,7 +159,17 @@ ZH = {
     "menu": "更多操作",
     "pin": "置顶",
     "unpin": "取消置顶",
-    "more": "导入与系统",
+    "chat_settings": "本对话的设置",
+    "start_from_preset": "用预设开始新对话",
+    "system_prompt": "系统提示词",
+    "temperature": "温度（0 = 每次回答相同）",
+    "reply_length": "回复长度（最多新 token 数）",
+    "preset_name": "预设名称",
+    "save_preset": "保存为预设",
+    "remove_preset": "删除预设",
+    "use_defaults": "使用 config.yaml 的设置",
+    "preset_needs_name": "请先给预设起个名字。",
+    "preset_saved": "已保存预设“{name}”。",
 }
 
 # gr.I18n locales: browsers report zh-CN, zh-TW, ... and gradio also falls back to "zh".

@@ -102,6 +102,16 @@ def m006_pins_and_search(db: sqlite_utils.Database) -> None:
         log.warning("No full-text index for search (%s): search reads every message.", exc)
 
 
+@migrations()
+def m007_chat_settings_and_presets(db: sqlite_utils.Database) -> None:
+    """A conversation's own settings (JSON: what differs from config.yaml), and each browser's
+    prompt presets (see presets.py: built-in ones it edited or removed, and its own)."""
+    db.table("conversations").add_column("settings", str)
+    db.execute("""CREATE TABLE presets (
+        owner TEXT NOT NULL, key TEXT NOT NULL, name TEXT NOT NULL, system_prompt TEXT NOT NULL,
+        hidden INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL, PRIMARY KEY (owner, key))""")
+
+
 @dataclass(frozen=True)
 class Conversation:
     id: str
@@ -110,6 +120,17 @@ class Conversation:
     created_at: float
     updated_at: float
     pinned: int = 0
+    settings: str | None = None  # JSON: this chat's own settings (see chat_settings)
+
+    @property
+    def chat_settings(self) -> dict:
+        """What this conversation sets differently from config.yaml ({} if nothing, or if
+        what is stored cannot be read: config.yaml's values then)."""
+        try:
+            values = json.loads(self.settings) if self.settings else {}
+        except ValueError:
+            return {}
+        return values if isinstance(values, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -225,11 +246,12 @@ class Store:
             self.db.close()
 
     # Conversations -------------------------------------------------------------------------
-    def create_conversation(self, owner: str, title: str) -> Conversation:
+    def create_conversation(self, owner: str, title: str, *,
+                            settings: dict | None = None) -> Conversation:
         now = time.time()
         # 128 random bits: a conversation id is not guessable from another browser.
-        row = dict(id=secrets.token_hex(16), owner=owner, title=title,
-                   created_at=now, updated_at=now)
+        row = dict(id=secrets.token_hex(16), owner=owner, title=title, created_at=now,
+                   updated_at=now, settings=json.dumps(settings) if settings else None)
         self._write(lambda: self.db.table("conversations").insert(row))
         return Conversation(**row)
 
@@ -259,6 +281,24 @@ class Store:
         self.get_conversation(owner, conversation_id)
         self._write(lambda: self.db.table("conversations").update(
             conversation_id, {"pinned": int(pinned)}))
+
+    def set_settings(self, owner: str, conversation_id: str, settings: dict) -> None:
+        self.get_conversation(owner, conversation_id)
+        self._write(lambda: self.db.table("conversations").update(
+            conversation_id, {"settings": json.dumps(settings) if settings else None}))
+
+    # Presets ---------------------------------------------------------------------------------
+    def presets(self, owner: str) -> list[dict]:
+        """This owner's preset rows (their own, and built-in ones they edited or removed)."""
+        with self._lock:
+            return list(self.db.query("SELECT * FROM presets WHERE owner = ? ORDER BY rowid",
+                                      [owner]))
+
+    def put_preset(self, owner: str, key: str, name: str, system_prompt: str, *,
+                   hidden: bool = False) -> None:
+        row = dict(owner=owner, key=key, name=name, system_prompt=system_prompt,
+                   hidden=int(hidden), updated_at=time.time())
+        self._write(lambda: self.db.table("presets").upsert(row, pk=("owner", "key")))
 
     def delete_conversation(self, owner: str, conversation_id: str) -> None:
         def delete() -> None:

@@ -103,9 +103,11 @@ def test_migrations_upgrade_an_old_schema_and_keep_its_rows(tmp_path):
     assert message.token_ids is None  # m004: its tokens were never stored
     assert message.cached_tokens is None  # m005: nor how much of its prompt was cached
     assert store.list_conversations(ALICE)[0].pinned == 0  # m006: not pinned
+    assert store.list_conversations(ALICE)[0].chat_settings == {}  # m007: config.yaml's
     applied = [m.name for m in migrations.applied(store.db)]
     assert applied == ["m001_initial", "m002_reply_status_and_figures", "m003_dropped_history",
-                       "m004_reply_tokens", "m005_cached_tokens", "m006_pins_and_search"]
+                       "m004_reply_tokens", "m005_cached_tokens", "m006_pins_and_search",
+                       "m007_chat_settings_and_presets"]
     store.close()
     Store(path).close()  # a second open applies nothing twice
 

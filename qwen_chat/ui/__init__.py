@@ -1,6 +1,7 @@
 """The web page: Gradio Blocks over the chat service, no SQL and no model code here. Built from
 small builders, each making its components and wiring its own events: the sidebar
-(conversations), the chat (ChatInterface), the system banner and panel.
+(conversations), the chat (ChatInterface), the chat's settings and presets, the system banner
+and panel.
 
 Each browser gets a stable anonymous owner id kept in gr.BrowserState (encrypted with a secret
 from the data folder, so it survives restarts); every call to the service is scoped to it.
@@ -14,7 +15,7 @@ import gradio as gr
 
 from .. import i18n
 from ..chat import ChatService
-from . import chat, habits, sidebar, system
+from . import chat, habits, settings, sidebar, system
 from .common import GENERATE, Page, lang_of, tell
 
 __all__ = ["GENERATE", "build_ui", "launch_options"]
@@ -31,7 +32,8 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
     with gr.Blocks(title="Qwen Chat", analytics_enabled=False) as demo:
         page = Page(service, gr.I18n(**i18n.TRANSLATIONS),
                     owner=gr.BrowserState(None, storage_key="qwen_chat_owner", secret=secret),
-                    current=gr.State(None), told=gr.State(None), seen=gr.State(0))
+                    current=gr.State(None), told=gr.State(None), seen=gr.State(0),
+                    settings=gr.State({}))
         with gr.Sidebar(open=True):
             side = sidebar.render(page)
             panel = system.render_panel(page)
@@ -41,7 +43,8 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         gr.Markdown(page.t("subtitle"), elem_id="subtitle")
         banner, poll = system.render_banner(page)
         chat.render(page)
-        sidebar.wire(page, side)
+        chat_settings = settings.render(page)
+        switched = sidebar.wire(page, side)
         system.wire(page, demo, panel, banner, poll)
 
         def on_load(owner, told, request: gr.Request):
@@ -55,9 +58,11 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             return (owner, page.listing(owner, current, lang), current,
                     *page.shows(page.chat_of(owner, current, lang)), "", told)
 
-        demo.load(on_load, [page.owner, page.told],
-                  [page.owner, page.conversations, page.current, page.chatbot, page.history,
-                   page.seen, page.status, page.told], **page.private)
+        switched.append(demo.load(
+            on_load, [page.owner, page.told],
+            [page.owner, page.conversations, page.current, page.chatbot, page.history,
+             page.seen, page.status, page.told], **page.private))
+        settings.wire(page, chat_settings, switched)
     return demo
 
 

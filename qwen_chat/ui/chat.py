@@ -97,7 +97,7 @@ def render(page: Page) -> PageChat:
             text = stored[keep].content  # a retry, or an edit that changed nothing
         return keep, text
 
-    def respond(message, history, owner, current, told, seen, request: gr.Request):
+    def respond(message, history, owner, current, told, seen, settings, request: gr.Request):
         """Yields (reply, current, conversation list, status, told, seen)."""
         lang = lang_of(request)
         config, told, notes = page.read_config(told, lang)
@@ -109,7 +109,7 @@ def render(page: Page) -> PageChat:
                       else (None, typed(message) if isinstance(message, Displayed) else message))
         before, seen = seen, len(history) + 2
         updates = service.send(owner, current, text, session=request.session_hash,
-                               config=config, keep=keep)
+                               config=config, keep=keep, settings=settings or None)
         known, told_dropped = current, False
         with contextlib.closing(updates):
             try:
@@ -136,11 +136,12 @@ def render(page: Page) -> PageChat:
                 gr.Warning(i18n.text(lang, "disk_full", detail=str(exc)))
                 yield f"⚠️ {exc}", known, gr.skip(), "", told, seen
 
-    def typing(owner, current, text, request: gr.Request):
+    def typing(owner, current, settings, text, request: gr.Request):
         """The message box changed: prefill what it holds while the user is still typing."""
         if owner and text:
             try:
-                service.draft(owner, current, text, session=request.session_hash)
+                service.draft(owner, current, text, session=request.session_hash,
+                              settings=settings)
             except Exception:  # noqa: BLE001 - only a head start: Send works without it
                 log.exception("Could not prefill the message being typed")
 
@@ -167,7 +168,7 @@ def render(page: Page) -> PageChat:
     status = gr.Markdown("", elem_id="status", render=False)
     chat = PageChat(
         respond, show_user=show_user, chatbot=chatbot, textbox=box, editable=True,
-        additional_inputs=[page.owner, page.current, page.told, page.seen],
+        additional_inputs=[page.owner, page.current, page.told, page.seen, page.settings],
         additional_outputs=[page.current, page.conversations, status, page.told, page.seen],
         validator=too_long, concurrency_limit=service.engine.max_batch, api_name="page_reply",
         api_visibility="private", fill_height=False, show_progress="hidden")
@@ -175,7 +176,7 @@ def render(page: Page) -> PageChat:
     page.chatbot, page.history, page.box, page.status = chatbot, chat.chatbot_state, box, status
     # Each keystroke hands the draft to the engine, which prefills it while idle (only the
     # latest counts), so Send has little left to prefill. No output, no progress shown.
-    box.input(typing, [page.owner, page.current, box], None, queue=False,
+    box.input(typing, [page.owner, page.current, page.settings, box], None, queue=False,
               trigger_mode="always_last", show_progress="hidden", **private)
     # Stop (ChatInterface cancels the reply's event) also ends the generation at once, through
     # the service, and shows the reply as saved.

@@ -49,6 +49,7 @@ class Page:
     current: gr.State  # the open conversation's id, None for a new chat
     told: gr.State  # the config version this page last told its user about
     seen: gr.State  # how many stored messages of `current` the chat shows (see chat.respond)
+    settings: gr.State  # the open chat's own settings (a new chat's, until it is stored)
     # Set by the builders: the sidebar's list, the chat's components and its reply events.
     conversations: gr.HTML | None = None
     chatbot: gr.Chatbot | None = None

@@ -42,7 +42,9 @@ def render(page: Page) -> Sidebar:
     return Sidebar(new_btn, search, exported, import_btn)
 
 
-def wire(page: Page, side: Sidebar) -> None:
+def wire(page: Page, side: Sidebar) -> list:
+    """Wire the sidebar's events; returns those after which the chat shows another
+    conversation (or a new chat)."""
     service, private = page.service, page.private
     shown_chat = [page.chatbot, page.history, page.seen]
 
@@ -117,21 +119,23 @@ def wire(page: Page, side: Sidebar) -> None:
 
     # Leaving a conversation stops its reply (kept as "stopped"): the view belongs to the
     # conversation the user is looking at.
-    page.conversations.select(open_conversation, [page.owner, side.search],
+    switched = [page.conversations.select(open_conversation, [page.owner, side.search],
                               [page.current, *shown_chat, page.status, page.conversations],
-                              cancels=page.replies, **private)
+                              cancels=page.replies, **private)]
     actions = dict(fn=act, inputs=[page.owner, page.current, side.search],
                    outputs=[page.current, *shown_chat, page.conversations, side.exported],
                    **private)
-    page.conversations.click(**actions)
-    page.conversations.submit(**actions, cancels=page.replies)
+    switched.append(page.conversations.click(**actions))
+    switched.append(page.conversations.submit(**actions, cancels=page.replies))
     side.search.change(search, [page.owner, page.current, side.search], [page.conversations],
                        trigger_mode="always_last", show_progress="hidden", **private)
     # The chatbot's own clear icon only empties the view: it starts a new chat, deletes nothing.
     for trigger in (side.new_btn.click, page.chatbot.clear):
-        trigger(new_chat, [page.owner],
+        switched.append(trigger(new_chat, [page.owner],
                 [page.current, *shown_chat, page.status, page.conversations, side.search],
-                cancels=page.replies, **private)
-    side.import_btn.upload(import_file, [page.owner, side.import_btn],
-                           [page.current, *shown_chat, page.conversations, side.search],
-                           cancels=page.replies, **private)
+                cancels=page.replies, **private))
+    switched.append(side.import_btn.upload(
+        import_file, [page.owner, side.import_btn],
+        [page.current, *shown_chat, page.conversations, side.search], cancels=page.replies,
+        **private))
+    return switched
