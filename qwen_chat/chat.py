@@ -22,11 +22,12 @@ from typing import Iterator
 
 import psutil
 
-from . import context, i18n, presets, search, transfer
+from . import context, i18n
 from .config import Config, ConfigSnapshot, ConfigWatcher
 from .engine.contract import ChatEngine, Reply, Sampling, Stats
-from .errors import ConfigError, GenerationError, MessageTooLong, ModelNotLoaded, NotFound, StorageFull
+from .errors import GenerationError, MessageTooLong, ModelNotLoaded, NotFound, StorageFull
 from .engine.startup import Snapshot
+from .library import Library, title_from
 from .store import COMPLETE, ERROR, STOPPED, STREAMING, Conversation, Message, Store
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ HEARTBEAT_INTERVAL = 0.25
 # Streamed text reaches the page and API clients at most this often (a token every 20-80 ms
 # would cost a page update each): 25 updates a second look continuous.
 UPDATE_INTERVAL = 0.04
-TITLE_LENGTH = 40
 LOW_SPACE_MB = 200  # below this much free space for the history, the System panel warns
 
 
@@ -87,13 +87,7 @@ def config_warnings(snapshot: ConfigSnapshot, told: int | None) -> list[tuple[st
     return notes
 
 
-def title_from(text: str) -> str:
-    """A conversation's title: the first message, on one line, cut to a readable length."""
-    line = " ".join(text.split())
-    return line if len(line) <= TITLE_LENGTH else line[:TITLE_LENGTH - 1].rstrip() + "…"
-
-
-class ChatService:
+class ChatService(Library):
     def __init__(self, store: Store, engine: ChatEngine, settings: ConfigWatcher):
         self.store, self.engine, self.settings = store, engine, settings
         # session -> (its reply being generated, that reply's conversation id)
@@ -132,66 +126,6 @@ class ChatService:
 
         threading.Thread(target=run, daemon=True, name="qwen-chat-warm").start()
 
-    # Conversations, always scoped to one browser's owner id -------------------------------
-    def conversations(self, owner: str) -> list[Conversation]:
-        return self.store.list_conversations(owner)
-
-    def exists(self, owner: str, conversation_id: str) -> bool:
-        try:
-            self.store.get_conversation(owner, conversation_id)
-        except NotFound:
-            return False
-        return True
-
-    def messages(self, owner: str, conversation_id: str) -> list[Message]:
-        return self.store.messages(owner, conversation_id)
-
-    # A chat's own settings, and presets ------------------------------------------------------
-    def effective_config(self, chat_settings: dict | None, config: Config | None = None) -> Config:
-        """`config` (config.yaml now if None) with a chat's own settings over it; settings that
-        are no longer valid are left out (logged), config.yaml's values apply instead."""
-        config = config or self.config().config
-        try:
-            return context.chat_config(config, chat_settings)
-        except ConfigError as exc:
-            log.warning("A chat's own settings are ignored: %s", exc)
-            return config
-
-    def check_chat_settings(self, chat_settings: dict) -> None:
-        """ConfigError (naming the key, the value and what is allowed) if they are not valid."""
-        context.chat_config(self.config().config, chat_settings)
-
-    def chat_settings(self, owner: str, conversation_id: str) -> dict:
-        return self.store.get_conversation(owner, conversation_id).chat_settings
-
-    def set_chat_settings(self, owner: str, conversation_id: str, chat_settings: dict) -> None:
-        self.check_chat_settings(chat_settings)
-        self.store.set_settings(owner, conversation_id, chat_settings)
-
-    def presets(self, owner: str) -> list[presets.Preset]:
-        return presets.listed(self.store, owner)
-
-    def save_preset(self, owner: str, name: str, system_prompt: str, *,
-                    key: str | None = None) -> presets.Preset:
-        return presets.save(self.store, owner, name, system_prompt, key=key)
-
-    def remove_preset(self, owner: str, key: str) -> None:
-        presets.remove(self.store, owner, key)
-
-    def search(self, owner: str, query: str) -> list[search.Hit]:
-        """`owner`'s conversations holding `query` in their title or messages (see search)."""
-        return search.search(self.store, owner, query)
-
-    def pin(self, owner: str, conversation_id: str, pinned: bool) -> None:
-        self.store.pin_conversation(owner, conversation_id, pinned)
-
-    def rename(self, owner: str, conversation_id: str, title: str) -> Conversation:
-        return self.store.rename_conversation(owner, conversation_id, title_from(title) or "…")
-
-    def delete(self, owner: str, conversation_id: str) -> None:
-        self.store.delete_conversation(owner, conversation_id)
-        self.engine.forget(conversation_id)
-
     def system(self) -> dict:
         """What runs, for the page's System panel: model, precision, threads, batch, memory,
         and the last reply's speed (any browser's: it is the machine's speed)."""
@@ -211,21 +145,6 @@ class ChatService:
         if self.engine.ready:
             return None
         return self.engine.progress.snapshot()
-
-    def export(self, owner: str, conversation_id: str, kind: str) -> tuple[str, str]:
-        """(file name, text) of a conversation as Markdown ("md") or JSON ("json")."""
-        conversation = self.store.get_conversation(owner, conversation_id)
-        messages = [m for m in self.store.messages(owner, conversation_id)
-                    if m.role != "assistant" or m.content or m.status == COMPLETE]
-        render = transfer.to_markdown if kind == "md" else transfer.to_json
-        return transfer.file_name(conversation, f".{kind}"), render(conversation, messages)
-
-    def import_export(self, owner: str, raw: bytes) -> Conversation:
-        """A JSON export (`raw` bytes) as a new conversation of `owner`; ImportRefused if not."""
-        title, messages = transfer.parse_export(raw)
-        title = title_from(title) or title_from(next(
-            (m["content"] for m in messages if m["role"] == "user"), "")) or "…"
-        return self.store.import_conversation(owner, title, messages)
 
     # Replies --------------------------------------------------------------------------------
     def send(self, owner: str, conversation_id: str | None, text: str, *,

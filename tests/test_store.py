@@ -10,7 +10,8 @@ import pytest
 import sqlite_utils
 
 from qwen_chat.errors import NotFound
-from qwen_chat.store import Store, connect, migrations
+from qwen_chat.migrations import migrations
+from qwen_chat.store import Store, connect
 
 ALICE, BOB = "a" * 32, "b" * 32
 
