@@ -32,7 +32,7 @@ def add_older_conversations(db_path, owner: str) -> None:
             at = now - days * DAY
             cid = f"{n:032x}"
             conn.execute("INSERT INTO conversations (id, owner, title, created_at, updated_at) "
-                         "VALUES (?, ?, ?, ?, ?)", [cid, owner, question[:20], at, at])
+                         "VALUES (?, ?, ?, ?, ?)", [cid, owner, question[:40], at, at])
             for role, text in (("user", question), ("assistant", answer)):
                 conn.execute("INSERT INTO messages (conversation_id, role, content, created_at, "
                              "status) VALUES (?, ?, ?, ?, 'complete')", [cid, role, text, at])
