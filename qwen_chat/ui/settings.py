@@ -63,11 +63,13 @@ def wire(page: Page, parts: dict, switched: list) -> None:
         def changed(owner, current, overrides, value, request: gr.Request):
             """One field changed: kept only where it differs from config.yaml; saved to the
             open chat at once, or kept for the chat the next message starts."""
-            overrides = dict(overrides or {})
+            given, overrides = overrides or {}, dict(overrides or {})
             if getattr(service.config().config, key) == value:
                 overrides.pop(key, None)
             else:
                 overrides[key] = int(value) if key == "max_new_tokens" else value
+            if overrides == given:  # e.g. the fields filled as a conversation is opened
+                return gr.skip()
             try:
                 service.check_chat_settings(overrides)
                 if current:
