@@ -15,25 +15,21 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from .chat import ChatService, wait_for_model
-from .config import Config
-from .engine.contract import Reply, Sampling
-from .engine.reply import flatten_content
+from .engine.contract import Reply
 from .errors import GenerationError, ModelNotLoaded
+from .openai_request import ApiError, ChatRequest
 
 CREATED = int(time.time())  # the model's "created" time: when this app started
-ROLES = {"system", "developer", "user", "assistant"}  # developer = OpenAI's newer name for system
 CACHE_KEY = "openai-api"  # one KV cache slot: a client's next turn reuses its previous prompt
 WAIT_INTERVAL = 0.5  # seconds between looks at a model still loading
 REMEMBERED_REPLIES = 32  # replies whose token ids are kept for their client's next turn
-
-
 class _Replies:
     """The token ids of the latest replies, by their text. A client sends a reply back as text
     in its next turn; tokenized again, that text often gives other ids than the model generated
@@ -59,98 +55,6 @@ class _Replies:
             return [{**m, "token_ids": self._ids[m["content"]]}
                     if m["role"] == "assistant" and m.get("content") in self._ids else m
                     for m in messages]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
-                          "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
-
-
-def _number(body: dict, key: str, low: float, high: float, default: float) -> float:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ApiError(400, f"Invalid '{key}': expected a number from {low:g} to {high:g}, got "
-                            f"{json.dumps(value)}.", param=key)
-    return float(value)
-
-
-def _messages(body: dict) -> list[dict]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "Missing required parameter: 'messages' (a non-empty list).",
-                       param="messages", code="missing_required_parameter")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise ApiError(400, f"Invalid 'messages[{i}]': expected an object with a role of "
-                                f"{', '.join(sorted(ROLES))}.", param=f"messages[{i}]")
-        content = m.get("content")
-        if not isinstance(content, (str, list)) and content is not None:
-            raise ApiError(400, f"Invalid 'messages[{i}].content': expected a string or a list of "
-                                "text parts.", param=f"messages[{i}].content")
-        role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": flatten_content(content)})
-    return out
-
-
-def _stops(body: dict) -> list[str]:
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else stop or []
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
-        raise ApiError(400, "Invalid 'stop': expected a string or a list of up to 4 strings.",
-                       param="stop")
-    return stops
-
-
-class _Request:
-    """A validated chat completion request, under `config`: config.yaml as read once for it."""
-
-    def __init__(self, body: Any, service: ChatService, model_id: str, config: Config,
-                 replies: _Replies):
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object.")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ApiError(400, "Missing required parameter: 'model'.", param="model",
-                           code="missing_required_parameter")
-        if model not in (model_id, config.model):
-            raise ApiError(404, f"The model `{model}` does not exist. This app serves "
-                                f"`{model_id}` (GET /v1/models).", param="model",
-                           code="model_not_found")
-        if body.get("n", 1) != 1:
-            raise ApiError(400, "Only n = 1 is supported.", param="n")
-        self.messages = replies.attach(_messages(body))
-        self.stops = _stops(body)
-        self.stream = bool(body.get("stream", False))
-        options = body.get("stream_options") or {}
-        self.include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-        budget = service.input_budget(config)
-        self.prompt_tokens = service.engine.count_tokens(self.messages)
-        if self.prompt_tokens > budget:
-            raise ApiError(400, f"This model's maximum context length is {budget} tokens "
-                                f"(max_input_tokens). However, your messages resulted in "
-                                f"{self.prompt_tokens} tokens.", param="messages",
-                           code="context_length_exceeded")
-        room = max(1, service.engine.context_length - self.prompt_tokens)
-        key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-        if body.get(key) is not None and not isinstance(body[key], int):
-            raise ApiError(400, f"Invalid '{key}': expected a whole number.", param=key)
-        self.sampling = Sampling(
-            temperature=_number(body, "temperature", 0, 2, config.temperature),
-            top_p=max(0.01, _number(body, "top_p", 0, 1, config.top_p)),
-            max_new_tokens=int(_number(body, key, 1, room, min(config.max_new_tokens, room))),
-            repetition_penalty=config.repetition_penalty)
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -230,8 +134,8 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
             except ValueError:
                 raise ApiError(400, "We could not parse the JSON body of your request.") from None
             await _model_ready(service)
-            req = await run_in_threadpool(_Request, body, service, model_id,
-                                          service.config().config, replies)
+            req = await run_in_threadpool(ChatRequest, body, service, model_id,
+                                          service.config().config, replies.attach)
             if service.engine.waiting >= queue_size:
                 raise ApiError(503, "The app is busy (the queue is full). Please try again.",
                                kind="server_error", code="busy")
@@ -274,7 +178,7 @@ def _collect(generation: Reply, stops: list[str]) -> tuple[str, bool]:
     return text, False
 
 
-async def _stream(generation: Reply, req: _Request, ident: str, created: int,
+async def _stream(generation: Reply, req: ChatRequest, ident: str, created: int,
                   model_id: str, replies: _Replies) -> AsyncIterator[str]:
     def event(data: dict) -> str:
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

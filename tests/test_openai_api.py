@@ -123,3 +123,56 @@ def test_a_clients_next_turn_reuses_the_reply_it_was_sent(app_servers, tiny_dir)
         reused = usage.prompt_tokens + usage.completion_tokens - 1  # the last token: not fed
         history += [{"role": "assistant", "content": text},
                     {"role": "user", "content": f"And then, part {turn + 2}?"}]
+
+
+TOOL = {"type": "function", "function": {"name": "get_weather", "description": "The weather.",
+                                         "parameters": {"type": "object", "properties": {
+                                             "city": {"type": "string"}}}}}
+
+
+def test_no_parameter_is_silently_ignored(app_servers, tiny_dir):
+    """A parameter that is not served is a 400 naming it, through the official client: a
+    client that asks for tools, JSON or log-probs is told, instead of getting free text.
+    The same parameters with a value that asks for nothing are accepted."""
+    server = app_servers(model=tiny_dir, extra_config={"max_new_tokens": 4})
+    api = client(server)
+    refused = [dict(tools=[TOOL]), dict(tool_choice="required"), dict(logprobs=True),
+               dict(top_logprobs=3), dict(response_format={"type": "json_object"}),
+               dict(logit_bias={"12": 5}), dict(store=True), dict(extra_body={"mirostat": 2}),
+               dict(tools=[TOOL], parallel_tool_calls=False)]
+    for options in refused:
+        with pytest.raises(openai.BadRequestError) as err:
+            api.chat.completions.create(model=tiny_dir.name, messages=FRANCE, **options)
+        name = next(iter(options.get("extra_body") or options))
+        assert err.value.param == name and err.value.code == "unsupported_parameter", options
+        assert f"'{name}'" in err.value.message
+    for options in (dict(tools=[]), dict(logprobs=False), dict(response_format={"type": "text"}),
+                    dict(store=False, metadata={"a": "b"}), dict(parallel_tool_calls=True),
+                    dict(user="someone"), dict(n=1)):
+        reply = api.chat.completions.create(model=tiny_dir.name, messages=FRANCE, **options)
+        assert reply.choices[0].finish_reason in ("stop", "length"), options
+    with pytest.raises(openai.BadRequestError) as err:
+        api.chat.completions.create(model=tiny_dir.name, messages=FRANCE, frequency_penalty=3)
+    assert err.value.param == "frequency_penalty"
+    with pytest.raises(openai.BadRequestError) as err:
+        api.chat.completions.create(model=tiny_dir.name, messages=FRANCE, seed=1.5)
+    assert err.value.param == "seed"
+
+
+def test_seed_and_penalties_change_the_reply_as_openai_defines_them(app_servers, tiny_dir):
+    server = app_servers(model=tiny_dir, extra_config={"repetition_penalty": 1.0})
+    api = client(server)
+
+    def text(**options) -> str:
+        reply = api.chat.completions.create(model=tiny_dir.name, messages=FRANCE,
+                                            max_tokens=12, **options)
+        return reply.choices[0].message.content
+
+    # The same seed gives the same sampled reply; other seeds give others.
+    assert text(temperature=1.0, seed=7) == text(temperature=1.0, seed=7)
+    assert len({text(temperature=1.0, seed=s) for s in range(4)}) >= 2
+    # Greedy, the random tiny model repeats itself; a frequency penalty makes it move on.
+    greedy = text(temperature=0)
+    assert greedy == text(temperature=0)
+    assert text(temperature=0, frequency_penalty=2.0) != greedy
+    assert text(temperature=0, presence_penalty=2.0) != greedy

@@ -55,6 +55,9 @@ class Generation(Reply):
         super().__init__(int(input_ids.shape[-1]))
         self.input_ids = input_ids[0]
         self.sampling, self.cache_key = sampling, cache_key
+        self.rng: torch.Generator | None = None  # the reply's own draws, when it has a seed
+        if sampling.seed is not None:
+            self.rng = torch.Generator().manual_seed(sampling.seed)
         self.cache: DynamicCache | None = None  # this reply's keys/values while it is not batched
         self.tokens: list[int] = []  # generated so far (the last one is not yet in the cache)
         self._eos = engine.eos_token_ids

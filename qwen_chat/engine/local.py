@@ -265,7 +265,7 @@ class Engine(DraftPrefill):
 
     def _hand_out(self, running: list[Generation], logits: torch.Tensor) -> None:
         for g, row in zip(running, logits):
-            g.add_token(sample(row, g.sampling, self.top_k, g.input_ids, g.tokens))
+            g.add_token(sample(row, g.sampling, self.top_k, g.input_ids, g.tokens, g.rng))
 
     def _admit(self, busy: int) -> list[Generation]:
         """Replies to start now, first come first served, as room allows; waits while idle.
@@ -336,7 +336,8 @@ class Engine(DraftPrefill):
             tail = g.input_ids[g.stats.cached_tokens:][None]
             with self.lock, torch.inference_mode():
                 out = self._forward(g.cache, input_ids=tail, logits_to_keep=1)
-            g.add_token(sample(out.logits[0, -1], g.sampling, self.top_k, g.input_ids, g.tokens))
+            g.add_token(sample(out.logits[0, -1], g.sampling, self.top_k, g.input_ids,
+                               g.tokens, g.rng))
             return True
         except BaseException as exc:  # noqa: BLE001 - reaches the reply's consumer
             g.cache = None

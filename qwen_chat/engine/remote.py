@@ -32,6 +32,11 @@ class RemoteReply(Reply):
                 "max_tokens": sampling.max_new_tokens}
         if sampling.repetition_penalty != 1.0:  # vLLM and llama.cpp read it; others ignore it
             body["repetition_penalty"] = sampling.repetition_penalty
+        for key in ("presence_penalty", "frequency_penalty"):  # OpenAI's own
+            if getattr(sampling, key):
+                body[key] = getattr(sampling, key)
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
         self._thread = threading.Thread(target=self._run, args=(engine, body), daemon=True,
                                         name="qwen-chat-remote")
         self._thread.start()

@@ -22,6 +22,11 @@ class Sampling:
     top_p: float = 0.8
     max_new_tokens: int = 512
     repetition_penalty: float = 1.0
+    # OpenAI's: subtracted from the logit of every token already in the reply, once (presence)
+    # and per time it occurs (frequency); 0 = off.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None  # the same seed and settings give the same reply (None: random)
 
 
 @dataclass

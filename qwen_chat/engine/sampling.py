@@ -10,9 +10,11 @@ DEFAULT_TOP_K = 50  # transformers' default when the model's generation config s
 
 
 def sample(logits: torch.Tensor, s: Sampling, top_k: int, prompt_ids: torch.Tensor,
-           tokens: list[int]) -> int:
+           tokens: list[int], generator: torch.Generator | None = None) -> int:
     """The next token with these settings: repetition penalty (over the prompt's ids and the
-    reply's `tokens` so far), then greedy, or temperature, top-k, top-p and a random draw."""
+    reply's `tokens` so far), presence and frequency penalties (over the reply's tokens, as
+    OpenAI defines them), then greedy, or temperature, top-k, top-p and a random draw (from
+    `generator` when the reply has a seed)."""
     logits = logits.float()
     if s.repetition_penalty != 1.0:
         seen = torch.cat([prompt_ids, torch.tensor(tokens, dtype=torch.long)])
@@ -20,6 +22,10 @@ def sample(logits: torch.Tensor, s: Sampling, top_k: int, prompt_ids: torch.Tens
         scores = torch.where(scores < 0, scores * s.repetition_penalty,
                              scores / s.repetition_penalty)
         logits = logits.scatter(0, seen, scores)
+    if tokens and (s.presence_penalty or s.frequency_penalty):
+        ids, counts = torch.tensor(tokens, dtype=torch.long).unique(return_counts=True)
+        logits = logits.index_add(0, ids, -(s.frequency_penalty * counts.float()
+                                            + s.presence_penalty))
     if s.temperature <= 0:
         return int(logits.argmax())
     logits = logits / s.temperature
@@ -29,4 +35,4 @@ def sample(logits: torch.Tensor, s: Sampling, top_k: int, prompt_ids: torch.Tens
     outside = (probs.cumsum(0) - probs) >= s.top_p
     outside[0] = False
     probs = probs.masked_fill(outside, 0.0)
-    return int(index[torch.multinomial(probs, 1)])
+    return int(index[torch.multinomial(probs, 1, generator=generator)])
