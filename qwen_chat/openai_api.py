@@ -27,7 +27,9 @@ from .errors import GenerationError, ModelNotLoaded
 from .openai_request import ApiError, ChatRequest
 
 CREATED = int(time.time())  # the model's "created" time: when this app started
-CACHE_KEY = "openai-api"  # one KV cache slot: a client's next turn reuses its previous prompt
+# The API's KV caches: a client's next turn reuses the cache of its previous one, found by its
+# prompt (the longest common prefix of token ids), so clients taking turns each keep theirs.
+CACHE_FAMILY = "openai-api"
 WAIT_INTERVAL = 0.5  # seconds between looks at a model still loading
 REMEMBERED_REPLIES = 32  # replies whose token ids are kept for their client's next turn
 class _Replies:
@@ -141,7 +143,7 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
                                kind="server_error", code="busy")
         except ApiError as exc:
             return exc.response()
-        generation = service.engine.generate(req.messages, req.sampling, cache_key=CACHE_KEY)
+        generation = service.engine.generate(req.messages, req.sampling, cache_family=CACHE_FAMILY)
         ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if req.stream:
             return StreamingResponse(_stream(generation, req, ident, created, model_id, replies),

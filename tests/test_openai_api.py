@@ -107,22 +107,35 @@ def test_an_api_key_from_config_is_required_when_set(app_servers, tiny_dir):
 def test_a_clients_next_turn_reuses_the_reply_it_was_sent(app_servers, tiny_dir):
     """A client sends each reply back as text. The tiny model's random tokens rarely come back
     as the same ids when that text is tokenized again, so only the ids the app kept from the
-    reply let the whole history be reused: usage says how many prompt tokens were cached."""
+    reply let the whole history be reused: usage says how many prompt tokens were cached.
+    Two clients taking turns (two agents, an editor and a script) each keep their cache: the
+    one whose prompt the new one continues is found by its token ids."""
     server = app_servers(model=tiny_dir)
     api = client(server)
-    history = [{"role": "system", "content": "You are a helpful assistant."},
-               {"role": "user", "content": "Tell me a story."}]
+    histories = {name: [{"role": "system", "content": "You are a helpful assistant."},
+                        {"role": "user", "content": f"Tell me a story about {name}."}]
+                 for name in ("a dragon", "the sea")}
+    reused = {}
     for turn in range(3):
-        chunks = list(api.chat.completions.create(
-            model=tiny_dir.name, messages=history, max_tokens=16, temperature=0.8, stream=True,
-            stream_options={"include_usage": True}))
-        usage = chunks[-1].usage
-        if turn:  # all but the new user message was cached: this turn's prompt and last reply
-            assert usage.prompt_tokens_details.cached_tokens >= reused, (turn, usage)
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        reused = usage.prompt_tokens + usage.completion_tokens - 1  # the last token: not fed
-        history += [{"role": "assistant", "content": text},
-                    {"role": "user", "content": f"And then, part {turn + 2}?"}]
+        for name, history in histories.items():
+            chunks = list(api.chat.completions.create(
+                model=tiny_dir.name, messages=history, max_tokens=16, temperature=0.8,
+                stream=True, stream_options={"include_usage": True}))
+            usage = chunks[-1].usage
+            if turn:  # all but the new user message was cached: its last prompt and reply
+                assert usage.prompt_tokens_details.cached_tokens >= reused[name], (name, usage)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            reused[name] = usage.prompt_tokens + usage.completion_tokens - 1  # last: not fed
+            history += [{"role": "assistant", "content": text},
+                        {"role": "user", "content": f"And then, part {turn + 2}?"}]
+    # A retry (the last prompt again, without the reply it got) branches off the cache: it is
+    # copied, so the prompt is all cached, and the next turn of the sea still finds its own.
+    dragon = histories["a dragon"][:-2]
+    again = api.chat.completions.create(model=tiny_dir.name, messages=dragon, max_tokens=4)
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    sea = api.chat.completions.create(model=tiny_dir.name, messages=histories["the sea"],
+                                      max_tokens=4)
+    assert sea.usage.prompt_tokens_details.cached_tokens >= reused["the sea"]
 
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "The weather.",

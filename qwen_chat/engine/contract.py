@@ -58,9 +58,11 @@ class ChatEngine(Protocol):
         """Prompt tokens of `messages` once chat-templated."""
 
     def generate(self, messages: list[dict], sampling: Sampling, *,
-                 cache_key: str | None = None) -> Reply:
+                 cache_key: str | None = None, cache_family: str | None = None) -> Reply:
         """Queue a reply to `messages`; iterate it for text pieces. With a `cache_key` (a
-        conversation id) the key's cached prefix is reused and this turn kept for the next."""
+        conversation id) the key's cached prefix is reused and this turn kept for the next.
+        With a `cache_family` instead (stateless clients, e.g. /v1), the family's cache that
+        shares the longest prefix with the prompt is reused (or a new one is started)."""
 
     def warm(self, messages: list[dict]) -> int:
         """Prefill what every new conversation starts with; returns the tokens cached."""

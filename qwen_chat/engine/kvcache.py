@@ -66,6 +66,28 @@ class KVCacheStore:
         with self._lock:
             return key in self._entries
 
+    def closest(self, prefix: str, input_ids: torch.Tensor) -> tuple[str | None, bool]:
+        """Of the keys starting with `prefix`, the one whose cache shares the longest prefix
+        with `input_ids` (more than the shared cache, the system prompt, does), and whether
+        `input_ids` continue all of it (the same conversation's next turn) or branch off it."""
+        with self._lock:
+            best = 0 if self._shared is None else common_prefix(self._shared.tokens, input_ids)
+            found, whole = None, False
+            for key, entry in self._entries.items():
+                if key.startswith(prefix):
+                    n = common_prefix(entry.tokens, input_ids)
+                    if n > best:
+                        found, best, whole = key, n, n == len(entry.tokens)
+        return found, whole
+
+    def fork(self, key: str, new: str) -> None:
+        """A copy of `key`'s cache under `new` (a conversation that branches off another: the
+        other keeps its own), within the budget."""
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None:
+            self.put(new, entry.tokens, copy.deepcopy(entry.cache))
+
     def take(self, key: str, input_ids: torch.Tensor) -> tuple[object | None, int]:
         """Return (cache cropped to the reusable prefix, its length) or (None, 0)."""
         with self._lock:

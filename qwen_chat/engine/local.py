@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import inspect
+import secrets
 import threading
 import time
 import weakref
@@ -133,13 +134,22 @@ class Engine(DraftPrefill):
         return torch.tensor([prompt.prompt_ids(self.tokenizer, messages)], dtype=torch.long)
 
     def generate(self, messages: list[dict], sampling: Sampling, *,
-                 cache_key: str | None = None) -> Generation:
+                 cache_key: str | None = None, cache_family: str | None = None) -> Generation:
         """Queue a reply to `messages`; it streams as soon as the engine has room for it.
 
         With a `cache_key` (a conversation id), the KV cache of that key's previous turn is
         reused for the prompt's common prefix, and this turn's cache is kept for the next.
+        With a `cache_family` (clients that send the whole history and no id), the family's
+        cache that this prompt continues is reused; one it only shares a start with is copied
+        (a retry, another client), so that clients taking turns each keep theirs.
         """
-        return Generation(self, self.prompt_ids(messages), sampling, cache_key)
+        ids = self.prompt_ids(messages)
+        if cache_key is None and cache_family is not None:
+            closest, continued = self.kv.closest(f"{cache_family}:", ids[0])
+            cache_key = closest if continued else f"{cache_family}:{secrets.token_hex(8)}"
+            if closest and not continued:  # a branch (a retry, another client): copy, keep both
+                self.kv.fork(closest, cache_key)
+        return Generation(self, ids, sampling, cache_key)
 
     def submit(self, generation: Generation) -> None:
         with self._wake:

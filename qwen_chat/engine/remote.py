@@ -121,7 +121,7 @@ class RemoteEngine:
         return len(text.encode("utf-8")) // CHARS_PER_TOKEN + 4 * len(messages) + 3
 
     def generate(self, messages: list[dict], sampling: Sampling, *,
-                 cache_key: str | None = None) -> RemoteReply:
+                 cache_key: str | None = None, cache_family: str | None = None) -> RemoteReply:
         plain = [{"role": m["role"], "content": flatten_content(m["content"])} for m in messages]
         reply = RemoteReply(self, plain, sampling)
         self._replies.add(reply)
