@@ -42,7 +42,7 @@ def test_find_and_organise(browser, app_servers, tiny_dir):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=30_000)
-    server = app_servers(model=tiny_dir, extra_config={"max_new_tokens": 200})
+    server = app_servers(model=tiny_dir, extra_config={"max_new_tokens": 2000})
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.add_init_script("""
         window.__spoken = [];
@@ -50,11 +50,22 @@ def test_find_and_organise(browser, app_servers, tiny_dir):
     """)
     page = open_app(context, server.url)
     send(page, "Hello today")
-    # Esc stops the reply (200 tokens would take a while): saved as stopped.
+    # Esc stops the reply (2,000 tokens would take a while): saved as stopped.
     page.locator("#message .stop-button").wait_for()
     page.keyboard.press("Escape")
     [question, reply] = settled(server.db_path, 2)
     assert reply["status"] == "stopped"
+    # The reply to an edited message (ChatInterface shows no Stop button for it): Esc too.
+    page.locator('#chatbot [data-testid="user"]').first.hover()
+    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    page.locator("#chatbot textarea.edit-textarea").fill("Hello today, edited")
+    page.locator('#chatbot button[aria-label="Submit"]').click()
+    expect(page.locator("#message textarea")).to_be_disabled()
+    page.keyboard.press("Escape")
+    expect(page.locator("#message textarea")).to_be_enabled()
+    [question, reply] = settled(server.db_path, 2)
+    assert question["content"] == "Hello today, edited" and reply["status"] == "stopped", reply
+    assert reply["new_tokens"] < 2000
     with sqlite3.connect(server.db_path) as conn:
         [(owner,)] = conn.execute("SELECT owner FROM conversations").fetchall()
     add_older_conversations(server.db_path, owner)

@@ -149,7 +149,7 @@ def render(page: Page) -> PageChat:
         """Stop this tab's reply (it ends within one decode step), then show it as saved:
         marked "stopped". (ChatInterface's cancel of the event may have ended it first.)"""
         conversation_id = service.stop(request.session_hash) or current
-        placeholder = gr.update(placeholder=t("message_placeholder"))
+        placeholder = gr.update(placeholder=t("message_placeholder"), interactive=True)
         if not conversation_id:
             return gr.skip(), gr.skip(), gr.skip(), placeholder
         service.wait_saved(owner, conversation_id)
@@ -193,4 +193,9 @@ def render(page: Page) -> PageChat:
         fn.concurrency_id = GENERATE
     page.replies.extend(fn.get_config() for fn in replies)
     box.stop(None, cancels=page.replies, **private)
+    # Esc stops a reply also where ChatInterface shows no Stop button (the reply to an edited
+    # message): habits.py clicks this hidden one then.
+    stop_key = gr.Button("stop", elem_id="stop-reply", elem_classes=["hidden-control"])
+    stop_key.click(stop, [page.owner, page.current], [chatbot, chat.chatbot_state, page.seen, box],
+                   cancels=page.replies, **private)
     return chat

@@ -41,7 +41,9 @@ JS = r"""
       if (box) setTimeout(() => { box.focus(); box.select(); }, 50);
     } else if (e.key === 'Escape') {
       const stop = document.querySelector('#message .stop-button');
+      const streaming = document.querySelector('#message textarea')?.disabled;
       if (visible(stop)) { e.preventDefault(); stop.click(); }
+      else if (streaming) { e.preventDefault(); document.querySelector('#stop-reply')?.click(); }
     }
   });
 
@@ -92,6 +94,7 @@ JS = r"""
 CSS = """
 #header { align-items: center; }
 #theme-toggle { max-width: 3em; min-width: 3em; }
+.hidden-control { display: none !important; }
 button.read-aloud { background: none; border: 0; cursor: pointer; font-size: .85em;
                     padding: 0 .3em; opacity: .75; }
 button.read-aloud:hover { opacity: 1; }
