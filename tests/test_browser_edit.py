@@ -101,6 +101,17 @@ def test_edit_retry_and_undo(browser, app_servers, tiny_dir):
 
     page.reload()
     expect(page.locator('#chatbot [data-testid="user"]')).to_have_text(["a new first question"])
+    # Retry and edit work as well on a conversation just opened (not only on one just sent).
+    page.locator('#chatbot button[aria-label="Retry"]').click()
+    rows = wait_for_new_reply(server.db_path, 2, rows[-1]["id"])
+    assert rows[0]["content"] == "a new first question"
+    page.reload()
+    users.first.hover()
+    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    edit.fill("edited after a reload")
+    page.locator('#chatbot button[aria-label="Submit"]').click()
+    rows = wait_for_new_reply(server.db_path, 2, rows[-1]["id"])
+    assert rows[0]["content"] == "edited after a reload"
 
 
 def wait_for_new_reply(db_path, count: int, old_reply_id: int) -> list[dict]:

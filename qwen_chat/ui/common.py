@@ -66,8 +66,11 @@ class Page:
         return dict(api_visibility="private", concurrency_limit=self.service.engine.max_batch)
 
     def shows(self, chat: list[dict]) -> tuple[list[dict], list[dict], int]:
-        """Outputs [chatbot, history, seen] for a chat loaded from the store."""
-        return chat, chat, len(chat)
+        """Outputs [chatbot, history, seen] for a chat loaded from the store. ChatInterface's
+        history holds messages as the chatbot hands them back (content as a list of blocks:
+        its retry and undo read them so), hence the round trip through the chatbot."""
+        history = self.chatbot.preprocess(self.chatbot.postprocess(chat)) if chat else []
+        return chat, history, len(chat)
 
     # Reads the builders share ----------------------------------------------------------------
     def listing(self, owner: str | None, current: str | None, lang: str) -> dict:
