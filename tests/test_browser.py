@@ -126,6 +126,9 @@ def test_chat_journey_in_a_real_browser(browser, app_servers, gguf_path):
         expect(status).to_have_text(re.compile(rf"· {first['new_tokens']} tokens\s*$"),
                                     timeout=30_000)
         assert STATUS.match(status.inner_text().strip()), status.inner_text()
+        # The box is ready for the next message, its hint back (ChatInterface had emptied it).
+        expect(page.locator("#message textarea")).to_have_attribute(
+            "placeholder", "Type a message, Enter to send")
         expect(listing).to_have_text([QUESTION])
         page.screenshot(path=SHOTS / "browser-first-reply.png")
 

@@ -160,3 +160,8 @@ def test_export_import_and_the_system_panel_in_the_browser(browser, app_servers,
     # The open (imported) conversation, as Markdown.
     markdown = export(page, "md", tmp_path).read_text(encoding="utf-8")
     assert "**You**:\n\nexport me, 导出我" in markdown and reply in markdown
+
+    # The System panel, left open, shows the next reply's figures once that reply is in.
+    send(page, "and another")
+    latest = finished_replies(server.db_path, 3)[-1]
+    expect(panel).to_contain_text(f"first token {latest['ttft']:.2f} s")

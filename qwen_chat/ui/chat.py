@@ -19,6 +19,7 @@ from ..display import as_text, plain, shown, typed
 from ..errors import MessageTooLong, NotFound, StorageFull
 from ..store import Message
 from .common import GENERATE, LATEX, Page, lang_of, status_line, tell
+from .system import system_text
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,21 @@ def render(page: Page) -> PageChat:
         return keep, text
 
     def respond(message, history, owner, current, told, seen, settings, request: gr.Request):
-        """Yields (reply, current, conversation list, status, told, seen)."""
+        """Yields (reply, current, conversation list, status, told, seen, box, System panel):
+        the last one gives the box its placeholder back (ChatInterface empties it as a message
+        is sent) and the System panel the reply's figures."""
+        last = None
+        # Closed at once with this generator (Stop, a closed tab): the reply then ends too.
+        with contextlib.closing(replying(message, history, owner, current, told, seen,
+                                         settings, request)) as updates:
+            for last in updates:
+                yield (*last, gr.skip(), gr.skip())
+        if last is not None:
+            yield (*last[:2], gr.skip(), *last[3:], gr.update(placeholder=t("message_placeholder")),
+                   system_text(service, lang_of(request)))
+
+    def replying(message, history, owner, current, told, seen, settings, request):
+        """The reply's updates: (reply, current, conversation list, status, told, seen)."""
         lang = lang_of(request)
         config, told, notes = page.read_config(told, lang)
         tell(notes)
@@ -169,7 +184,8 @@ def render(page: Page) -> PageChat:
     chat = PageChat(
         respond, show_user=show_user, chatbot=chatbot, textbox=box, editable=True,
         additional_inputs=[page.owner, page.current, page.told, page.seen, page.settings],
-        additional_outputs=[page.current, page.conversations, status, page.told, page.seen],
+        additional_outputs=[page.current, page.conversations, status, page.told, page.seen,
+                            box, page.system_box],
         validator=too_long, concurrency_limit=service.engine.max_batch, api_name="page_reply",
         api_visibility="private", fill_height=False, show_progress="hidden")
     status.render()
@@ -182,10 +198,6 @@ def render(page: Page) -> PageChat:
     # the service, and shows the reply as saved.
     box.stop(stop, [page.owner, page.current], [chatbot, chat.chatbot_state, page.seen, box],
              queue=False, **private)
-    # ChatInterface empties the box's placeholder as a message is sent; it comes back once the
-    # reply is in (ChatInterface copies the chat into its history then).
-    chat.chatbot_state.change(lambda: gr.update(placeholder=t("message_placeholder")),
-                              outputs=[box], queue=False, show_progress="hidden", **private)
     # The events that stream a reply (a message sent, retried, edited): replies of the page
     # and of scripts (/chat) share the engine's batch, and leaving a conversation cancels them.
     replies = [fn for fn in get_blocks_context().fns.values() if fn.name == "_submit_fn"]

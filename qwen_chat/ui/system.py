@@ -11,6 +11,21 @@ from ..display import as_text
 from .common import Page, lang_of
 
 
+def system_text(service, lang: str) -> str:
+    """The System panel: what runs, the history disk, the last reply's speed."""
+    info = service.system()
+    if info["loading"] is not None:
+        info["precision"] = i18n.loading(lang, info["loading"])
+    last = (i18n.text(lang, "last_reply", ttft=info["ttft"], tps=info["tokens_per_s"] or 0.0)
+            if info["ttft"] is not None else i18n.text(lang, "none_yet"))
+    free = info["disk_free_mb"]
+    disk = (i18n.text(lang, "disk_unknown") if free is None else
+            i18n.text(lang, "disk_low" if free < LOW_SPACE_MB else "disk_free", free=free))
+    if info["history_busy"]:
+        disk += " · " + i18n.text(lang, "history_busy")
+    return i18n.text(lang, "system_table", **{**info, "last": last, "disk": disk})
+
+
 def render_panel(page: Page) -> gr.Accordion:
     with gr.Accordion(page.t("system"), open=False, elem_id="system-panel") as panel:
         page.system_box = gr.Markdown("", elem_id="system")
@@ -42,18 +57,8 @@ def wire(page: Page, demo: gr.Blocks, panel: gr.Accordion, banner: gr.Markdown,
         line = f"⏳ **{i18n.loading(lang, snapshot)}**  \n{i18n.text(lang, 'loading_hint')}"
         return gr.update(value=line, visible=True), gr.Timer(active=True)
 
-    def system_text(request: gr.Request) -> str:
-        lang, info = lang_of(request), service.system()
-        if info["loading"] is not None:
-            info["precision"] = i18n.loading(lang, info["loading"])
-        last = (i18n.text(lang, "last_reply", ttft=info["ttft"], tps=info["tokens_per_s"] or 0.0)
-                if info["ttft"] is not None else i18n.text(lang, "none_yet"))
-        free = info["disk_free_mb"]
-        disk = (i18n.text(lang, "disk_unknown") if free is None else
-                i18n.text(lang, "disk_low" if free < LOW_SPACE_MB else "disk_free", free=free))
-        if info["history_busy"]:
-            disk += " · " + i18n.text(lang, "history_busy")
-        return i18n.text(lang, "system_table", **{**info, "last": last, "disk": disk})
+    def panel_text(request: gr.Request) -> str:
+        return system_text(service, lang_of(request))
 
     # While the model loads, the banner says how far it is, once a second, then goes away;
     # it is looked at while a message is saved and answered (a history file locked by another
@@ -61,8 +66,5 @@ def wire(page: Page, demo: gr.Blocks, panel: gr.Accordion, banner: gr.Markdown,
     demo.load(model_status, outputs=[banner, poll], queue=False, **private)
     poll.tick(model_status, outputs=[banner, poll], queue=False, **private)
     page.box.submit(lambda: gr.Timer(active=True), outputs=[poll], queue=False, **private)
-    # The System panel: filled when opened and after every reply (when ChatInterface copies
-    # the finished chat into its history).
-    panel.expand(system_text, outputs=[page.system_box], **private)
-    page.history.change(system_text, outputs=[page.system_box], show_progress="hidden",
-                        **private)
+    # The System panel: filled when opened, and by the chat after every reply.
+    panel.expand(panel_text, outputs=[page.system_box], **private)
