@@ -286,9 +286,6 @@ class Store:
         self._write(insert)
         return conversation
 
-    def delete_message(self, message_id: int) -> None:
-        self._write(lambda: self.db.execute("DELETE FROM messages WHERE id = ?", [message_id]))
-
     def messages(self, owner: str, conversation_id: str) -> list[Message]:
         with self._lock:
             self.get_conversation(owner, conversation_id)
