@@ -85,6 +85,11 @@ class Page:
         return [shown(m, lang, remote_images=remote)
                 for m in self.service.messages(owner, conversation_id)]
 
+    def new_chat(self, owner: str | None, lang: str) -> tuple:
+        """Outputs [current, chatbot, history, seen, status, conversation list] for a new,
+        empty chat."""
+        return (None, *self.shows([]), "", self.listing(owner, None, lang))
+
     def read_config(self, told: int | None, lang: str) -> tuple[Config, int, tuple[str, ...]]:
         """config.yaml for one message, read once as it arrives: (its settings, the version
         this page has now told its user about, what to tell). A refused save, or keys waiting

@@ -88,8 +88,8 @@ def wire(page: Page, parts: dict, switched: list) -> None:
         if preset is None:
             return (gr.skip(),) * 12
         overrides = {"system_prompt": preset.system_prompt}
-        return (None, *page.shows([]), "", page.listing(owner, None, lang_of(request)),
-                *shown(owner, None, overrides)[:4], gr.update(value=key), preset.name)
+        return (*page.new_chat(owner, lang_of(request)), *shown(owner, None, overrides)[:4],
+                gr.update(value=key), preset.name)
 
     def save(owner, name, system, key, request: gr.Request):
         if not (name or "").strip():

@@ -104,7 +104,7 @@ def wire(page: Page, side: Sidebar) -> list:
         return shown_list(owner, current, query, lang_of(request))
 
     def new_chat(owner, request: gr.Request):
-        return (None, *page.shows([]), "", page.listing(owner, None, lang_of(request)), "")
+        return (*page.new_chat(owner, lang_of(request)), "")
 
     def import_file(owner, upload, request: gr.Request):
         """Add an uploaded JSON export as a new conversation and open it."""
