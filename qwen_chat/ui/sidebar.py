@@ -125,8 +125,8 @@ def wire(page: Page, side: Sidebar) -> list:
     actions = dict(fn=act, inputs=[page.owner, page.current, side.search],
                    outputs=[page.current, *shown_chat, page.conversations, side.exported],
                    **private)
-    switched.append(page.conversations.click(**actions))
-    switched.append(page.conversations.submit(**actions, cancels=page.replies))
+    page.conversations.click(**actions)  # rename, pin, export, delete another: the chat stays
+    switched.append(page.conversations.submit(**actions, cancels=page.replies))  # delete it
     side.search.change(search, [page.owner, page.current, side.search], [page.conversations],
                        trigger_mode="always_last", show_progress="hidden", **private)
     # The chatbot's own clear icon only empties the view: it starts a new chat, deletes nothing.
