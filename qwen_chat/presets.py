@@ -74,10 +74,9 @@ def save(store, owner: str, name: str, system_prompt: str, *, key: str | None = 
     name = " ".join(name.split())[:80]
     current = next((p for p in listed(store, owner) if p.key == key), None) if key else None
     if current is None or current.name != name:
-        key = "own-" + secrets.token_hex(6)
-    store.put_preset(owner, key, name, system_prompt)
-    return Preset(key, name, system_prompt, current is not None and current.builtin
-                  and current.key == key)
+        current = Preset("own-" + secrets.token_hex(6), name, system_prompt)
+    store.put_preset(owner, current.key, name, system_prompt)
+    return Preset(current.key, name, system_prompt, current.builtin)
 
 
 def remove(store, owner: str, key: str) -> None:
