@@ -29,7 +29,9 @@ def messages(db_path) -> list[dict]:
 
 
 def test_eight_clients_at_once_are_answered_in_order_without_cross_talk(app_servers, tiny_dir):
-    server = app_servers(model=tiny_dir, extra_config={"max_new_tokens": 300, "temperature": 0.0,
+    # Replies long enough that the first four still stream when the last client arrives (1 s
+    # after the first): on a fast CPU the tiny model wrote 300 tokens before that.
+    server = app_servers(model=tiny_dir, extra_config={"max_new_tokens": 1500, "temperature": 0.0,
                                                        "repetition_penalty": 1.0})
     owners = [secrets.token_hex(16) for _ in range(CLIENTS)]
     clients = [Client(server.url, verbose=False) for _ in range(CLIENTS)]
@@ -76,8 +78,9 @@ def test_eight_clients_at_once_are_answered_in_order_without_cross_talk(app_serv
 
 
 def test_beyond_the_queue_size_a_sender_is_told_to_try_again(app_servers, tiny_dir):
-    # Two replies generated together, two waiting: senders beyond those four are turned away.
-    server = app_servers(model=tiny_dir, extra_config={"max_new_tokens": 400, "queue_size": 2,
+    # Two replies generated together, two waiting: senders beyond those four are turned away
+    # (replies long enough to still be running as the eight arrive, on a fast CPU too).
+    server = app_servers(model=tiny_dir, extra_config={"max_new_tokens": 1500, "queue_size": 2,
                                                        "max_batch": 2, "temperature": 0.0,
                                                        "repetition_penalty": 1.0})
     owner = secrets.token_hex(16)
