@@ -29,6 +29,16 @@ def test_packed_attention_equals_transformers_sdpa(tokens, masked):
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-def test_loaded_models_attend_with_it(tiny_model):
+def test_loaded_models_attend_with_it(tiny_model, tiny_dir):
+    """A Qwen2/Llama-shaped model runs decoder.py's forward, which packs its query heads the
+    same way; a model of another shape keeps transformers' forward with this attention."""
+    from transformers import AutoModelForCausalLM
+
+    from qwen_chat.engine import precision
+
     model, _ = tiny_model
-    assert model.config._attn_implementation == attention.NAME
+    assert "decoder" in vars(model)
+    other = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    other.config.use_sliding_window = True  # a shape decoder.py leaves to transformers
+    precision.use_kernels(other)
+    assert "decoder" not in vars(other) and other.config._attn_implementation == attention.NAME

@@ -25,13 +25,16 @@ def test_measures_every_candidate_once_then_reads_the_cache(tiny_config, tmp_pat
     cache, told = tmp_path / "calibration.json", []
     first = calibrate.cached_or_measured(tiny_config, 1, cache, on_measure=lambda: told.append(1))
     assert told == [1]  # the loading banner was told
-    formats = calibrate.eligible()
-    if len(formats) > 1:  # decode is timed only when there is a choice to make
-        assert set(first.decode_ms) == set(formats) and all(v > 0 for v in first.decode_ms.values())
-        assert first.precision == min(first.decode_ms, key=first.decode_ms.get)
+    candidates = calibrate.eligible()
+    if len(candidates) > 1:  # decode is timed only when there is a choice to make
+        assert set(first.decode_ms) == set(candidates) and all(v > 0 for v in first.decode_ms.values())
+        fastest = min(first.decode_ms, key=first.decode_ms.get)
+        assert (first.precision, first.kernel) == (("int8", "digits") if fastest == calibrate.DIGITS
+                                                   else (fastest, "weight-only"))
     else:
-        assert first.decode_ms == {} and first.precision == formats[0] == "int8"
-    assert set(first.prompt_ms) == {f"{f} {p}" for f in formats for p in ("kernel", "fp32")}
+        assert first.decode_ms == {} and first.precision == candidates[0] == "int8"
+    assert set(first.prompt_ms) == {c if c == calibrate.DIGITS else f"{c} {p}"
+                                     for c in candidates for p in ("kernel", "fp32")}
     assert all(set(v) == {"48", "512"} for v in first.prompt_ms.values())
     saved = json.loads(cache.read_text(encoding="utf-8"))
     assert saved[calibrate.key(tiny_config, 1)]["precision"] == first.precision
@@ -53,10 +56,12 @@ def test_a_corrupt_cache_is_measured_again(tiny_config, tmp_path):
 
 
 def test_the_quality_gate_decides_which_formats_compete():
-    assert calibrate.eligible({"int8": 0.954, "int4": 0.94}) == ["int8"]
-    assert calibrate.eligible({"int8": 0.954, "int4": None}) == ["int8"]
-    assert calibrate.eligible({"int8": 0.954, "int4": 0.96}) == (
-        ["int8", "int4"] if int4.available() else ["int8"])
+    digits = [calibrate.DIGITS] if calibrate.digits.digit_format() is not None else []
+    int4_ok = ["int4"] if int4.available() else []
+    assert calibrate.eligible({"int8": 0.954, calibrate.DIGITS: 0.955, "int4": 0.94}) == ["int8", *digits]
+    assert calibrate.eligible({"int8": 0.954, calibrate.DIGITS: 0.94, "int4": None}) == ["int8"]
+    assert calibrate.eligible({"int8": 0.954, calibrate.DIGITS: 0.955, "int4": 0.96}) == (
+        ["int8", *digits, *int4_ok])
 
 
 def test_the_prompt_plan_follows_the_figures():
@@ -71,7 +76,9 @@ def test_auto_loads_the_measured_choice_and_the_panel_says_it(tiny_dir, tmp_path
     model, tok = load(str(folder), cache_dir=tmp_path / "cache", precision="auto", threads=1)
     chosen = model.calibration
     assert chosen is not None and model.precision == chosen.precision
-    assert precision.prefill_of(model) == chosen.plan()
+    assert model.kernel == chosen.kernel
+    if chosen.kernel == "weight-only":
+        assert precision.prefill_of(model) == chosen.plan()
     assert (tmp_path / "cache" / "calibration.json").is_file()
     assert list((tmp_path / "cache" / "quantized").glob(f"*-{chosen.precision}.pt"))
     engine = Engine(model, tok, name="tiny", autostart=False)
@@ -116,3 +123,18 @@ def test_int4_passes_the_quality_gate_as_recorded(smollm):
     assert MIN_AGREEMENT == calibrate.MIN_AGREEMENT
     assert abs(result["top1_agreement"] - calibrate.QUALITY["int4"]) < 0.05, result
     assert (result["top1_agreement"] >= MIN_AGREEMENT) == ("int4" in calibrate.eligible()), result
+
+
+@pytest.mark.skipif(calibrate.digits.digit_format() is None, reason="no exact fbgemm int8 GEMM here")
+def test_a_measured_digits_choice_is_what_loads(tiny_dir, tmp_path, monkeypatch):
+    from qwen_chat.engine.digits import DigitsLinear
+
+    measured = calibrate.Calibration("int8", "digits", decode_ms={"int8": 30.0, calibrate.DIGITS: 20.0},
+                                     kernel="digits")
+    monkeypatch.setattr(calibrate, "cached_or_measured", lambda *a, **k: measured)
+    model, _ = load(str(tiny_dir), cache_dir=tmp_path, precision="auto", threads=1)
+    assert model.kernel == "digits" and isinstance(model.lm_head, DigitsLinear)
+    assert model.calibration.summary().startswith("int8 digits (a token's layers and lm_head: int8 30.0 ms")
+    measured.kernel, measured.prefill = "weight-only", "kernel"  # the other way round
+    model, _ = load(str(tiny_dir), cache_dir=tmp_path, precision="auto", threads=1)
+    assert model.kernel == "weight-only" and not any(isinstance(m, DigitsLinear) for m in model.modules())

@@ -80,7 +80,7 @@ def test_quantized_linear_matches_float(rows, kind):
 def test_int8_logits_close_to_fp32(tiny, tiny_fp32, prefill_rows):
     ids = ids_for(tiny, 40)
     ref = logits(tiny_fp32, ids)
-    model, used = apply_precision(tiny, "int8")
+    model, used = apply_precision(tiny, "int8", kernel="weight-only")  # digits: test_decoder.py
     precision.set_prefill(model, precision.Prefill(prefill_rows, torch.float32))
     assert used == "int8" and model is tiny
     assert any(isinstance(m, Int8Linear) for m in model.modules())
@@ -202,15 +202,21 @@ def test_corrupt_cache_is_rebuilt(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm_int8_agrees_with_fp32(smollm):
+@pytest.mark.parametrize("kernel", ["weight-only", "digits"])
+def test_smollm_int8_agrees_with_fp32(smollm, kernel):
     """The issue's quality bar on a real instruct model: bench/quality.py's 54 prompts and
     measures, with fp32's side computed once per weights and torch version (tests/models.py)."""
     from bench.quality import MIN_AGREEMENT, PROMPTS, log_probs_all
 
     from tests.models import fp32_reference
 
+    from qwen_chat.engine import digits
+
+    if kernel == "digits" and digits.digit_format() is None:
+        pytest.skip("no exact fbgemm int8 GEMM on this CPU")
     model, tok = smollm
-    quant, _ = apply_precision(copy.deepcopy(model), "int8")
+    quant, _ = apply_precision(copy.deepcopy(model), "int8", kernel=kernel)
+    assert quant.kernel == kernel
     agree = total = 0
     kl_sum = 0.0
     reference = fp32_reference(model, tok, PROMPTS, new_tokens=16)

@@ -4,20 +4,20 @@ The fastest path differs between CPUs (on an AVX2 laptop, an AVX-512 EPYC and an
 winners differ), so `precision: auto` does not fix one. `calibrate` times, with random weights
 of the model's own layer shapes and the thread count the model will use:
 
-* decode (one row through every decoder layer's seven projections): the int8 kernel against the
-  int4 kernel. A decode step streams every weight from memory, so the layers are as many as the
-  model has (more than any CPU cache holds), each called once per pass, as in a real step;
-* prompts (48 rows: a typical message; 512: a pasted page) through two layers: each quantized
+* decode (one row through every decoder layer's products and lm_head, as in a real step: more
+  weights than any CPU cache holds, each read once), for each candidate that passes the quality
+  gate: int8 weights on the weight-only kernel (`_weight_int8pack_mm`, bf16 activations), int8
+  weights on fbgemm's int8 GEMM with two-digit activations (digits.py; q/k/v and gate/up fused,
+  as the decoder runs them), and int4 layers (while int4 fails the gate, it is not timed);
+* prompts (48 rows: a typical message; 512: a pasted page) through two layers: the weight-only
   kernel itself against its weights dequantized into a scratch buffer and a float32 matmul
-  (quality with fp32 prompts and int8 decode: 95.3% agreement, KL 0.0053).
+  (quality with fp32 prompts and int8 decode: 95.3% agreement, KL 0.0053), and the digits
+  kernel (which runs prompts too: its int8 weights are only kept in fbgemm's packed form).
 
-Decode is timed only when more than one format passes the gate (today int8 alone does: int4 with
-groups of 32 gave 72.8% agreement), so a first start spends about a second here.
-
-It keeps the fastest decode format among those that pass the quality gate (`QUALITY`: top-1
+It keeps the fastest decode candidate among those that pass the quality gate (`QUALITY`: top-1
 agreement with fp32 of at least 95%, measured by bench/quality.py on SmolLM2-135M-Instruct and
-checked in CI by tests/test_calibrate.py), and for it the fastest prompt path. The lm_head is int8
-in every candidate (int4 on lm_head fails the gate), so it is not timed.
+checked in CI by tests/test_calibrate.py and tests/test_precision.py), and for the weight-only
+kernel the fastest prompt path.
 
 The result is cached in the cache folder, keyed by the CPU (model name and instruction sets),
 torch's version, the model's shapes and the thread count: a later start reads it (no timing).
@@ -37,17 +37,19 @@ from pathlib import Path
 
 import torch
 
-from . import int4
+from . import digits, int4
+from .digits import DigitsLinear
 from .int4 import Int4Linear
 from .quantized import Int8Linear, Prefill
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # bump when what is timed, or how, changes (invalidates cached choices)
+VERSION = 2  # bump when what is timed, or how, changes (invalidates cached choices)
 MIN_AGREEMENT = 0.95
+DIGITS = "int8 digits"  # int8 weights on fbgemm with two-digit activations (digits.py)
 # bench/quality.py, SmolLM2-135M-Instruct, 54 prompts, 864 positions, top-1 agreement with fp32
 # (int4 on the model with its input features permuted: `--scramble`, see bench/quality.py).
-QUALITY = {"int8": 0.954, "int4": 0.728}
+QUALITY = {"int8": 0.956, DIGITS: 0.954, "int4": 0.728}
 PROMPT_ROWS = (48, 512)
 REPEATS = 5
 
@@ -55,25 +57,29 @@ REPEATS = 5
 @dataclass
 class Calibration:
     """The choice and the figures behind it (milliseconds)."""
-    precision: str
-    prefill: str  # "kernel", or "fp32 from N rows"
-    decode_ms: dict[str, float] = field(default_factory=dict)  # format -> one decode pass
+    precision: str  # the weights' format: "int8" or "int4"
+    prefill: str  # "kernel", "fp32 from N rows", or "digits"
+    decode_ms: dict[str, float] = field(default_factory=dict)  # candidate -> one decode pass
     prompt_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # "int8 fp32" -> rows -> ms
     quality: dict[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0
     threads: int = 1
+    kernel: str = "weight-only"  # for int8 weights: "weight-only" or "digits"
 
     def plan(self) -> Prefill:
-        if self.prefill == "kernel":
+        """The prompt path of the weight-only kernel's layers (none are left with digits)."""
+        if self.prefill in ("kernel", "digits"):
             return Prefill(1 << 30, None)
         return Prefill(int(self.prefill.rsplit(" ", 2)[1]), torch.float32)
 
     def summary(self) -> str:
-        """E.g. "int8 (a token's layers int8 41.0 ms, int4 24.1 ms; prompts: fp32 from 24 rows,
-        measured here)": the System panel's precision."""
+        """E.g. "int8 digits (a token's layers and lm_head: int8 31.9 ms, int8 digits 19.6 ms;
+        prompts: digits, measured here)": the System panel's precision."""
+        chosen = DIGITS if self.kernel == "digits" else self.precision
         decode = ", ".join(f"{k} {v:.1f} ms" for k, v in self.decode_ms.items())
-        decode = f"a token's layers {decode}" if decode else "the only format passing the quality gate"
-        return f"{self.precision} ({decode}; prompts: {self.prefill}, measured here)"
+        decode = (f"a token's layers and lm_head: {decode}" if decode
+                  else "the only kernel passing the quality gate")
+        return f"{chosen} ({decode}; prompts: {self.prefill}, measured here)"
 
 
 def cpu_identity() -> str:
@@ -99,13 +105,14 @@ def shapes(config) -> list[tuple[int, int]]:
 
 def key(config, threads: int) -> str:
     text = (f"{VERSION}|{cpu_identity()}|{torch.__version__}|{torch.backends.cpu.get_cpu_capability()}"
-            f"|{shapes(config)}|{config.num_hidden_layers}|{threads}|{int4.available()}|{QUALITY}")
+            f"|{shapes(config)}|{config.num_hidden_layers}|{config.vocab_size}|{threads}"
+            f"|{int4.available()}|{digits.digit_format()}|{QUALITY}")
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _int8(out: int, inp: int, g: torch.Generator) -> Int8Linear:
+def _random_int8(out: int, inp: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.randint(-127, 128, (out, inp), dtype=torch.int8, generator=g)
-    return Int8Linear(q, torch.rand(out, generator=g) * 1e-2 + 1e-3, None)
+    return q, torch.rand(out, generator=g) * 1e-2 + 1e-3
 
 
 def _int4(out: int, inp: int, g: torch.Generator) -> Int4Linear:
@@ -125,61 +132,93 @@ def _time(fn, repeats: int = REPEATS) -> float:
     return statistics.median(times) * 1000
 
 
-def _layers(fmt: str, config, count: int, g: torch.Generator) -> list:
-    make = _int4 if fmt == "int4" else _int8
-    usable = [s for s in shapes(config) if fmt == "int8" or (s[0] % int4.BLOCK == 0 and s[1] % int4.GROUP == 0)]
-    # A shape int4 cannot take stays int8 in the int4 model: time it as such.
-    return [make(o, i, g) if (o, i) in usable else _int8(o, i, g)
-            for _ in range(count) for o, i in shapes(config)]
+class _Weights:
+    """Random int8 weights of the model's shapes, made once and shared by the candidates."""
+
+    def __init__(self, config, count: int, g: torch.Generator) -> None:
+        self.layers = [[_random_int8(o, i, g) for o, i in shapes(config)] for _ in range(count)]
+        self.head = _random_int8(config.vocab_size, config.hidden_size, g)
+        self.g = g
+
+    def stack(self, candidate: str, count: int | None = None) -> list:
+        """The products one decode step runs, in order, for `candidate` (lm_head last)."""
+        fmt = digits.digit_format()
+        out = []
+        for layer in self.layers[:count]:
+            if candidate == DIGITS:
+                q, k, v, o, gate, up, down = layer
+                for group in ((q, k, v), (o,), (gate, up), (down,)):
+                    out.append(DigitsLinear(torch.cat([w for w, _ in group]),
+                                            torch.cat([s for _, s in group]), None, fmt))
+            else:
+                for w, s in layer:
+                    if candidate == "int4" and w.shape[0] % int4.BLOCK == 0 and w.shape[1] % int4.GROUP == 0:
+                        out.append(_int4(*w.shape, self.g))
+                    else:  # int8, and what int4 cannot take stays int8 in the int4 model
+                        out.append(Int8Linear(w, s, None))
+        if count is None:
+            out.append(DigitsLinear(*self.head, None, fmt) if candidate == DIGITS
+                       else Int8Linear(*self.head, None))
+        return out
 
 
 def eligible(quality: dict | None = None) -> list[str]:
+    """The decode candidates that pass the quality gate and run on this CPU and torch."""
     quality = QUALITY if quality is None else quality
-    formats = ["int8"] + (["int4"] if int4.available() else [])
-    return [f for f in formats if f == "int8" or (quality.get(f) or 0) >= MIN_AGREEMENT]
+    names = ["int8"] + ([DIGITS] if digits.digit_format() is not None else [])
+    names += ["int4"] if int4.available() else []
+    return [n for n in names if (quality.get(n) or 0) >= MIN_AGREEMENT]
+
+
+def _prompt_figures(layers: list, plan: Prefill | None, g: torch.Generator) -> dict[str, float]:
+    figures = {}
+    for rows in PROMPT_ROWS:
+        if plan is not None:
+            for layer in layers:
+                layer.prefill = plan
+        xs = {n: torch.randn(rows, n, generator=g) for n in {l.in_features for l in layers}}
+        figures[str(rows)] = round(_time(lambda: [l(xs[l.in_features]) for l in layers], 3), 2)
+    return figures
 
 
 @torch.inference_mode()
-def calibrate(config, threads: int, formats: list[str] | None = None,
+def calibrate(config, threads: int, candidates: list[str] | None = None,
               layers: int | None = None) -> Calibration:
     """Time the candidates (see the module docstring) with `threads` threads in this thread."""
     started = time.perf_counter()
     torch.set_num_threads(threads)
-    formats = eligible() if formats is None else formats
-    count = layers or config.num_hidden_layers
+    candidates = eligible() if candidates is None else candidates
     g = torch.Generator().manual_seed(0)
+    weights = _Weights(config, layers or config.num_hidden_layers, g)
     result = Calibration(precision="int8", prefill="kernel", threads=threads,
-                         quality={f: QUALITY.get(f) for f in ("int8", "int4")})
-    for fmt in formats:
-        stack = _layers(fmt, config, count if len(formats) > 1 else 2, g)
-        ones = {n: torch.randn(1, n, generator=g) for n in {l.in_features for l in stack}}
-
-        def decode():
-            for layer in stack:
-                layer(ones[layer.in_features])
-
-        if len(formats) > 1:
-            result.decode_ms[fmt] = round(_time(decode), 2)
-        per_layer = len(shapes(config))
-        few = stack[:2 * per_layer]  # two layers: a prompt's matmul is compute bound
-        for plan_name, dtype in (("kernel", None), ("fp32", torch.float32)):
-            figures = {}
-            for rows in PROMPT_ROWS:
+                         quality={c: QUALITY.get(c) for c in ("int8", DIGITS, "int4")})
+    for candidate in candidates:
+        if len(candidates) > 1:
+            stack = weights.stack(candidate)
+            ones = {n: torch.randn(1, n, generator=g) for n in {l.in_features for l in stack}}
+            result.decode_ms[candidate] = round(
+                _time(lambda: [layer(ones[layer.in_features]) for layer in stack]), 2)
+            del stack
+        few = weights.stack(candidate, 2)  # two layers: a prompt's matmul is compute bound
+        if candidate == DIGITS:
+            result.prompt_ms[DIGITS] = _prompt_figures(few, None, g)
+        else:
+            for plan_name, dtype in (("kernel", None), ("fp32", torch.float32)):
                 plan = Prefill(1, dtype) if dtype is not None else Prefill(1 << 30, None)
-                for layer in few:
-                    layer.prefill = plan
-                xs = {n: torch.randn(rows, n, generator=g) for n in {l.in_features for l in few}}
-                figures[str(rows)] = round(_time(lambda: [l(xs[l.in_features]) for l in few], 3), 2)
-            result.prompt_ms[f"{fmt} {plan_name}"] = figures
-        del stack, few
-    result.precision = (min(result.decode_ms, key=result.decode_ms.get) if result.decode_ms
-                        else formats[0])
-    kernel, fp32 = (result.prompt_ms[f"{result.precision} {p}"] for p in ("kernel", "fp32"))
-    small, large = (str(r) for r in PROMPT_ROWS)
-    if fp32[small] < kernel[small]:
-        result.prefill = f"fp32 from {PROMPT_ROWS[0] // 2} rows"
-    elif fp32[large] < kernel[large]:
-        result.prefill = f"fp32 from {PROMPT_ROWS[1] // 2} rows"
+                result.prompt_ms[f"{candidate} {plan_name}"] = _prompt_figures(few, plan, g)
+        del few
+    chosen = (min(result.decode_ms, key=result.decode_ms.get) if result.decode_ms
+              else candidates[0])
+    if chosen == DIGITS:
+        result.precision, result.kernel, result.prefill = "int8", "digits", "digits"
+    else:
+        result.precision = chosen
+        kernel, fp32 = (result.prompt_ms[f"{chosen} {p}"] for p in ("kernel", "fp32"))
+        small, large = (str(r) for r in PROMPT_ROWS)
+        if fp32[small] < kernel[small]:
+            result.prefill = f"fp32 from {PROMPT_ROWS[0] // 2} rows"
+        elif fp32[large] < kernel[large]:
+            result.prefill = f"fp32 from {PROMPT_ROWS[1] // 2} rows"
     result.seconds = round(time.perf_counter() - started, 1)
     return result
 

@@ -123,7 +123,10 @@ class Engine(DraftPrefill):
         calibration = getattr(self.model, "calibration", None)
         if calibration is not None:
             return calibration.summary()
-        return getattr(self.model, "precision", str(self.model.dtype).replace("torch.", ""))
+        name = getattr(self.model, "precision", str(self.model.dtype).replace("torch.", ""))
+        if getattr(self.model, "kernel", "") != "digits":
+            return name
+        return "int8 digits" if name == "int8" else f"{name} (lm_head: int8 digits)"
 
     def count_tokens(self, messages: list[dict]) -> int:
         """Prompt tokens of `messages` once chat-templated."""

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..config import PRECISIONS  # one list: config.yaml is checked against it too
-from . import int4
+from . import attention, decoder, digits, int4
 from .int4 import Int4Embedding, Int4Linear, int4_ok
 from .quantized import (Int8Embedding, Int8Linear, Prefill, default_prefill, int8_ok,
                         quantize_rows)
@@ -38,7 +38,8 @@ AUTO_CPU = "int8"  # without a calibration (see calibrate.py)
 CACHE_MARGIN = 16 * 2**20  # bytes left free beside a cache written (torch.save adds headers)
 CODE_VERSION = 3  # bump when a quantized format or recipe changes (invalidates caches)
 RECIPES = {"int8": ("int8", "int8"), "int4": ("int4", "int8")}  # name: (layers, lm_head)
-QUANTIZED = (Int8Linear, Int8Embedding, Int4Linear, Int4Embedding)
+QUANTIZED = (Int8Linear, Int8Embedding, Int4Linear, Int4Embedding, digits.DigitsLinear)
+KERNELS = ("auto", "digits", "weight-only")  # how int8 layers multiply (see use_kernels)
 EMBEDDING = "<embedding>"
 
 
@@ -166,9 +167,29 @@ def resolve(precision: str) -> str:
     return precision
 
 
-def apply_precision(model: nn.Module, precision: str) -> tuple[nn.Module, str]:
-    """Convert an in-memory `model` in place to `precision`; returns (model, precision used).
-    `model.generate` keeps working, with or without a passed-in DynamicCache."""
+def use_kernels(model: nn.Module, kernel: str = "auto") -> str:
+    """Give `model` its forward pass: decoder.py's for Llama-shaped models (else transformers'
+    with attention.py's attention). Its int8 layers multiply on fbgemm with two-digit
+    activations ("digits", digits.py) where that is exact on this CPU and `kernel` allows it,
+    else on the weight-only kernel. Returns the kernel in use: "digits", "weight-only", or ""
+    (no int8 layers)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"Unknown kernel {kernel!r}: choose one of {', '.join(KERNELS)}.")
+    fmt = digits.digit_format() if kernel != "weight-only" else None
+    int8 = any(isinstance(m, (Int8Linear, digits.DigitsLinear)) for m in model.modules())
+    if not decoder.install(model, fmt if int8 else None):
+        attention.use(model)  # a model of another shape keeps transformers' forward
+    if any(isinstance(m, digits.DigitsLinear) for m in model.modules()):
+        model.kernel = "digits"
+    else:
+        model.kernel = "weight-only" if int8 else ""
+    return model.kernel
+
+
+def apply_precision(model: nn.Module, precision: str, kernel: str = "auto") -> tuple[nn.Module, str]:
+    """Convert an in-memory `model` in place to `precision` and give it its forward pass (see
+    use_kernels); returns (model, precision used). `model.generate` keeps working, with or
+    without a passed-in DynamicCache."""
     used = resolve(precision)
     done = getattr(model, "quantized_as", None)
     if done is not None:
@@ -184,6 +205,7 @@ def apply_precision(model: nn.Module, precision: str) -> tuple[nn.Module, str]:
         model.quantized_as = used
     elif any(p.dtype != torch.float32 for p in model.parameters()):
         model.float()
+    use_kernels(model, kernel)
     return model, used
 
 

@@ -296,7 +296,6 @@ def load(source: str, *, cache_dir: Path, precision: str = "fp32",
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import attention
     from . import precision as precisions
 
     progress = progress or LoadProgress()
@@ -338,7 +337,7 @@ def load(source: str, *, cache_dir: Path, precision: str = "fp32",
     model.calibration = calibration
     if calibration is not None:
         precisions.set_prefill(model, calibration.plan())
-    attention.use(model)
+    precisions.use_kernels(model, calibration.kernel if calibration is not None else "auto")
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The model in {folder} has no chat template: use an instruct model.")
     memory.trim()  # loading's temporaries, freed in this thread's heap (see memory.py)
