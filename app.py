@@ -105,8 +105,9 @@ def build_engine(config, cache_dir: Path, progress):
     except ModelLoadError as exc:
         fail(f"{exc}\n(The page says so too. Fix it, then stop with Ctrl+C and start again.)")
         raise
+    kernel = " digits" if getattr(model, "kernel", "") == "digits" else ""
     print(f"Model ready in {time.perf_counter() - started:.1f} s "
-          f"({model.precision}, {config.thread_count} threads).", flush=True)
+          f"({model.precision}{kernel}, {config.thread_count} threads).", flush=True)
     if model.calibration is not None:
         print(f"Kernels: {model.calibration.summary()}", flush=True)
     # threads: auto follows the cores other programs leave free; a number stays fixed.
