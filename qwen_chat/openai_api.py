@@ -31,6 +31,9 @@ CREATED = int(time.time())  # the model's "created" time: when this app started
 # prompt (the longest common prefix of token ids), so clients taking turns each keep theirs.
 CACHE_FAMILY = "openai-api"
 WAIT_INTERVAL = 0.5  # seconds between looks at a model still loading
+# A stream sends what came at most every 40 ms (as the page updates): per token, each event
+# costs a thread hop here and parsing in the client, CPU the model's threads need on 2 cores.
+STREAM_INTERVAL = 0.04
 REMEMBERED_REPLIES = 32  # replies whose token ids are kept for their client's next turn
 class _Replies:
     """The token ids of the latest replies, by their text. A client sends a reply back as text
@@ -197,7 +200,7 @@ async def _stream(generation: Reply, req: ChatRequest, ident: str, created: int,
     text, stopped = "", False
     try:
         yield chunk({"role": "assistant", "content": ""})
-        async for piece in iterate_in_threadpool(iter(generation)):
+        async for piece in iterate_in_threadpool(generation.batches(STREAM_INTERVAL)):
             if not piece:
                 continue  # a heartbeat
             sent = len(text)

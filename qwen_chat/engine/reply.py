@@ -89,6 +89,36 @@ class Reply:
             if text is None:
                 break
             yield text
+        self._raise_failure()
+
+    def batches(self, interval: float) -> Iterator[str]:
+        """The text joined into at most one piece per `interval` seconds, the first at once
+        ("" while nothing comes, as __iter__). For a front end that pays per piece (a thread
+        hop, an event on the wire, the client's parsing), on a machine whose cores the model
+        needs: the same text in fewer, larger pieces."""
+        parts: list[str] = []
+        last = float("-inf")
+        while True:
+            wait = POLL_INTERVAL if not parts else max(0.0, last + interval - time.monotonic())
+            try:
+                text = self._pieces.get(timeout=wait)
+            except queue.Empty:
+                text = ""
+            if text is None:
+                break
+            if text:
+                parts.append(text)
+            now = time.monotonic()
+            if parts and now >= last + interval:
+                yield "".join(parts)
+                parts, last = [], now
+            elif not parts:
+                yield ""  # heartbeat
+        if parts:
+            yield "".join(parts)
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
         if self._error is not None:
             raise GenerationError(f"Generation failed: {type(self._error).__name__}: "
                                   f"{self._error}") from self._error
