@@ -30,7 +30,9 @@ def ids(model, *shape, seed=0):
     return torch.randint(0, model.config.vocab_size, shape, generator=g)
 
 
-def test_prompt_then_cached_prompt_then_decode_match_transformers(reference, lean):
+@pytest.mark.parametrize("chunk", [decoder.CHUNK, 7])  # 7: prompts pass the layers in parts
+def test_prompt_then_cached_prompt_then_decode_match_transformers(reference, lean, chunk, monkeypatch):
+    monkeypatch.setattr(decoder, "CHUNK", chunk)
     x = ids(reference, 1, 40)
     with torch.inference_mode():
         caches = DynamicCache(config=reference.config), DynamicCache(config=reference.config)

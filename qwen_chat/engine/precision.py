@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..config import PRECISIONS  # one list: config.yaml is checked against it too
-from . import attention, decoder, digits, int4
+from . import attention, decoder, digits, int4, memory
 from .int4 import Int4Embedding, Int4Linear, int4_ok
 from .quantized import (Int8Embedding, Int8Linear, Prefill, default_prefill, int8_ok,
                         quantize_rows)
@@ -167,17 +167,19 @@ def resolve(precision: str) -> str:
     return precision
 
 
-def use_kernels(model: nn.Module, kernel: str = "auto") -> str:
+def use_kernels(model: nn.Module, kernel: str = "auto", loaded_from: Path | None = None) -> str:
     """Give `model` its forward pass: decoder.py's for Llama-shaped models (else transformers'
     with attention.py's attention). Its int8 layers multiply on fbgemm with two-digit
     activations ("digits", digits.py) where that is exact on this CPU and `kernel` allows it,
     else on the weight-only kernel. Returns the kernel in use: "digits", "weight-only", or ""
-    (no int8 layers)."""
+    (no int8 layers). `loaded_from`: the int8 cache file the model's tensors may be mapped
+    from, whose pages are handed back layer by layer as they are packed (memory.py)."""
     if kernel not in KERNELS:
         raise ValueError(f"Unknown kernel {kernel!r}: choose one of {', '.join(KERNELS)}.")
     fmt = digits.digit_format() if kernel != "weight-only" else None
     int8 = any(isinstance(m, (Int8Linear, digits.DigitsLinear)) for m in model.modules())
-    if not decoder.install(model, fmt if int8 else None):
+    release = None if loaded_from is None else (lambda ts: memory.drop_file_pages(ts, loaded_from))
+    if not decoder.install(model, fmt if int8 else None, release):
         attention.use(model)  # a model of another shape keeps transformers' forward
     if any(isinstance(m, digits.DigitsLinear) for m in model.modules()):
         model.kernel = "digits"

@@ -337,7 +337,8 @@ def load(source: str, *, cache_dir: Path, precision: str = "fp32",
     model.calibration = calibration
     if calibration is not None:
         precisions.set_prefill(model, calibration.plan())
-    precisions.use_kernels(model, calibration.kernel if calibration is not None else "auto")
+    precisions.use_kernels(model, calibration.kernel if calibration is not None else "auto",
+                           cache_file if quantized else None)
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The model in {folder} has no chat template: use an instruct model.")
     memory.trim()  # loading's temporaries, freed in this thread's heap (see memory.py)
