@@ -9,6 +9,7 @@ top-1 agreement with fp32 and KL(fp32 || other).
     python bench/quality.py                      # SmolLM2-135M-Instruct from the test cache
     python bench/quality.py --precision bf16 --new-tokens 32
     python bench/quality.py --precision int4 --scramble
+    python bench/quality.py --kernel weight-only     # int8 on the weight-only kernel
 
 int8 stays the default precision only with an agreement of at least 95% (tests/test_precision.py).
 
@@ -202,6 +203,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--scramble", action="store_true",
                         help="permute input features first (see the Q4_1 caveat above)")
+    parser.add_argument("--kernel", choices=["auto", "digits", "weight-only"], default="auto",
+                        help="how int8 layers multiply (engine/precision.py use_kernels)")
     parser.add_argument("--prefill", choices=["kernel", "fp32", "bf16"],
                         help="prompt path of quantized layers (default: as without calibration)")
     args = parser.parse_args()
@@ -215,7 +218,7 @@ def main() -> int:
     if args.scramble:
         scramble(model)
     started = time.perf_counter()
-    other, used = apply_precision(copy.deepcopy(model), args.precision)
+    other, used = apply_precision(copy.deepcopy(model), args.precision, kernel=args.kernel)
     if args.prefill:
         from qwen_chat.engine.precision import Prefill, set_prefill
         from qwen_chat.engine.quantized import PREFILL_DTYPES
@@ -223,10 +226,10 @@ def main() -> int:
         set_prefill(other, Prefill(2, PREFILL_DTYPES[args.prefill]))  # prompts only: decode keeps the kernel
     result = measure(model, other, tokenizer, new_tokens=args.new_tokens)
     result.update(model="SmolLM2-135M-Instruct" + (" (scrambled)" if args.scramble else ""),
-                  precision=used, prefill=args.prefill or "default",
+                  precision=used, kernel=getattr(other, "kernel", ""), prefill=args.prefill or "default",
                   seconds=round(time.perf_counter() - started, 1))
     verdict = "PASS" if result["top1_agreement"] >= MIN_AGREEMENT else "FAIL"
-    print(f"{used} vs fp32 on {result['model']}: {result['prompts']} prompts, "
+    print(f"{used} ({result['kernel'] or 'no int8 layers'}) vs fp32 on {result['model']}: {result['prompts']} prompts, "
           f"{result['positions']} positions")
     print(f"  top-1 agreement {result['top1_agreement']:.1%} (>= {MIN_AGREEMENT:.0%}: {verdict})")
     print(f"  mean KL divergence {result['mean_kl']:.4f} nats")

@@ -40,6 +40,20 @@ def test_prompt_uses_the_chat_template(engine):
                     "<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_a_request_counted_then_generated_is_templated_once(engine, monkeypatch):
+    from qwen_chat.engine import prompt
+
+    calls = []
+    real = prompt.prompt_ids
+    monkeypatch.setattr(prompt, "prompt_ids", lambda *a: calls.append(1) or real(*a))
+    messages = [*MESSAGES, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "again?"}]
+    n = engine.count_tokens(messages)
+    ids = engine.prompt_ids(messages)
+    assert calls == [1] and ids.shape == (1, n)
+    assert engine.prompt_ids([*messages[:-1], {"role": "user", "content": "other"}]).shape[1] != 0
+    assert calls == [1, 1]  # another history is templated on its own
+
+
 def hf_generate(engine, ids, sampling: Sampling) -> torch.Tensor:
     """transformers' own generate(), greedy: the reference the engine's decode loop must match."""
     with torch.inference_mode():

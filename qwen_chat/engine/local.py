@@ -69,6 +69,7 @@ class Engine(DraftPrefill):
         self.kv = KVCacheStore(kv_cache_mb)
         self.eos_token_ids = self._eos_ids()
         self.turn_gap = prompt.turn_gap_ids(tokenizer)  # prefilled when a reply ends (_end)
+        self.prompts = prompt.PromptCache(tokenizer)
         self.top_k = getattr(model.generation_config, "top_k", None) or DEFAULT_TOP_K
         self.step_sizes: Counter[int] = Counter()  # decode steps run, by number of replies
         self._cache_arg = cache_arg(model)
@@ -87,6 +88,7 @@ class Engine(DraftPrefill):
         self._closing = False  # set by stop_all: no more drafts, no more forward passes
         self._resting = threading.Event()  # set while the scheduler waits for work, idle
         self._replies: "weakref.WeakSet[Generation]" = weakref.WeakSet()  # not yet finished
+
         _engines.add(self)
 
     @property
@@ -130,11 +132,11 @@ class Engine(DraftPrefill):
 
     def count_tokens(self, messages: list[dict]) -> int:
         """Prompt tokens of `messages` once chat-templated."""
-        return len(prompt.prompt_ids(self.tokenizer, messages))
+        return len(self.prompts.ids(messages))
 
     def prompt_ids(self, messages: list[dict]) -> torch.Tensor:
         """The messages as a 1 x n prompt tensor (see prompt.prompt_ids: replies keep their ids)."""
-        return torch.tensor([prompt.prompt_ids(self.tokenizer, messages)], dtype=torch.long)
+        return torch.tensor([self.prompts.ids(messages)], dtype=torch.long)
 
     def generate(self, messages: list[dict], sampling: Sampling, *,
                  cache_key: str | None = None, cache_family: str | None = None) -> Generation:
