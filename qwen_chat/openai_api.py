@@ -22,8 +22,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from .chat import ChatService, wait_for_model
-from .engine.contract import Reply
-from .errors import GenerationError, ModelNotLoaded
+from .errors import GenerationError, GrammarError, ModelNotLoaded
+from .openai_output import Output
 from .openai_request import ApiError, ChatRequest
 
 CREATED = int(time.time())  # the model's "created" time: when this app started
@@ -60,11 +60,6 @@ class _Replies:
             return [{**m, "token_ids": self._ids[m["content"]]}
                     if m["role"] == "assistant" and m.get("content") in self._ids else m
                     for m in messages]
-
-
-def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    cut = min((text.find(s) for s in stops if s in text), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 async def _model_ready(service: ChatService) -> None:
@@ -146,80 +141,49 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
                                kind="server_error", code="busy")
         except ApiError as exc:
             return exc.response()
-        generation = service.engine.generate(req.messages, req.sampling, cache_family=CACHE_FAMILY)
+        try:
+            generation = service.engine.generate(req.messages, req.sampling, cache_family=CACHE_FAMILY,
+                                                 tools=req.tools or None)
+        except GrammarError as exc:
+            return ApiError(400, f"Invalid '{exc.param or 'response_format'}': {exc}",
+                            param=exc.param or "response_format").response()
+        output = Output(req, generation, service.engine.token_bytes)
         ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if req.stream:
-            return StreamingResponse(_stream(generation, req, ident, created, model_id, replies),
+            return StreamingResponse(_stream(output, ident, created, model_id, replies),
                                      media_type="text/event-stream")
         try:
-            text, stopped = await run_in_threadpool(_collect, generation, req.stops)
+            await run_in_threadpool(_collect, output)
         except GenerationError as exc:
             return ApiError(500, str(exc), kind="server_error").response()
         finally:
             generation.cancel.set()
-        if not stopped:
-            replies.remember(text, generation.token_ids)
-        completion = generation.stats.new_tokens
-        return JSONResponse({
-            "id": ident, "object": "chat.completion", "created": created, "model": model_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None,
-                         "finish_reason": "stop" if stopped else generation.finish_reason}],
-            "usage": {"prompt_tokens": req.prompt_tokens, "completion_tokens": completion,
-                      "total_tokens": req.prompt_tokens + completion,
-                      "prompt_tokens_details": {"cached_tokens": generation.stats.cached_tokens}}})
+        if not output.stopped and not output.calls:
+            replies.remember(output.text, generation.token_ids)
+        return JSONResponse(output.completion(ident, created, model_id))
 
     return api
 
 
-def _collect(generation: Reply, stops: list[str]) -> tuple[str, bool]:
-    text = ""
-    for piece in generation:
-        text += piece
-        text, stopped = _cut_at_stop(text, stops)
-        if stopped:
-            generation.close()
-            return text, True
-    return text, False
+def _collect(output: Output) -> None:
+    for piece in output.reply:
+        output.events(piece)
+        if output.stopped:
+            output.reply.close()
+            return
+    output.finish()
 
 
-async def _stream(generation: Reply, req: ChatRequest, ident: str, created: int,
-                  model_id: str, replies: _Replies) -> AsyncIterator[str]:
-    def event(data: dict) -> str:
-        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-    def chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
-                                             "finish_reason": finish}]
-        data = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                "model": model_id, "choices": choices}
-        if req.include_usage:  # OpenAI: null in every chunk but the last, which has no choices
-            data["usage"] = usage
-        return event(data)
-
-    text, stopped = "", False
+async def _stream(output: Output, ident: str, created: int, model_id: str,
+                  replies: _Replies) -> AsyncIterator[str]:
+    generation = output.reply
+    chunks = output.chunks(generation.batches(STREAM_INTERVAL), ident, created, model_id)
     try:
-        yield chunk({"role": "assistant", "content": ""})
-        async for piece in iterate_in_threadpool(generation.batches(STREAM_INTERVAL)):
-            if not piece:
-                continue  # a heartbeat
-            sent = len(text)
-            text, stopped = _cut_at_stop(text + piece, req.stops)
-            if len(text) > sent:
-                yield chunk({"content": text[sent:]})
-            if stopped:
-                break
-        if not stopped:  # the text as generated, not cut at a stop string
-            replies.remember(text, generation.token_ids)
-        yield chunk({}, "stop" if stopped else generation.finish_reason)
-        if req.include_usage:
-            n = generation.stats.new_tokens
-            yield chunk(None, usage={"prompt_tokens": req.prompt_tokens, "completion_tokens": n,
-                                     "total_tokens": req.prompt_tokens + n,
-                                     "prompt_tokens_details": {
-                                         "cached_tokens": generation.stats.cached_tokens}})
-        yield "data: [DONE]\n\n"
+        async for event in iterate_in_threadpool(chunks):
+            yield event
+        if not output.stopped and not output.calls:  # the text as generated, not cut at a stop
+            replies.remember(output.text, generation.token_ids)
     except GenerationError as exc:
-        yield event(ApiError(500, str(exc), kind="server_error").body())
+        yield f"data: {json.dumps(ApiError(500, str(exc), kind='server_error').body())}\n\n"
     finally:
         generation.cancel.set()  # the client went away, or a stop string: end the reply

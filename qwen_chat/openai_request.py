@@ -4,35 +4,35 @@ refused with OpenAI's error object naming it (400), never accepted and ignored."
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable
 
 from fastapi.responses import JSONResponse
 
+from . import openai_tools
 from .chat import ChatService
 from .config import Config
-from .engine.contract import Sampling
+from .engine.contract import Sampling, json_spec, tools_spec
 from .engine.reply import flatten_content
 
-ROLES = {"system", "developer", "user", "assistant"}  # developer = OpenAI's newer name for system
+ROLES = {"system", "developer", "user", "assistant", "tool"}  # developer = OpenAI's newer name for system
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a function's name, as OpenAI allows it
+MAX_TOP_LOGPROBS = 20
 # Every parameter of a chat completion is served as OpenAI defines it, or refused with a 400
 # that names it: none is accepted and ignored. `user` (an end-user id) changes no reply;
 # `repetition_penalty` is not OpenAI's but vLLM's and llama.cpp's (engine: openai sends it).
 SERVED = frozenset({"model", "messages", "stream", "stream_options", "n", "stop", "max_tokens",
                     "max_completion_tokens", "temperature", "top_p", "seed", "presence_penalty",
-                    "frequency_penalty", "user", "repetition_penalty"})
+                    "frequency_penalty", "user", "repetition_penalty", "tools", "tool_choice",
+                    "parallel_tool_calls", "response_format", "logprobs", "top_logprobs"})
 # Parameters not served, accepted only with a value that asks for nothing (clients often send
-# the default explicitly): e.g. no tools, logprobs false, plain text.
-ASKS_NOTHING = {"tools": ([],), "tool_choice": ("none",), "functions": ([],),
-                "function_call": ("none",), "logprobs": (False,), "top_logprobs": (0,),
-                "response_format": ({"type": "text"},), "logit_bias": ({},), "store": (False,)}
-# Moot without the parameter they qualify (tools, a stored completion).
-QUALIFIERS = {"parallel_tool_calls": "tools", "metadata": "store"}
-NOT_YET = {"tools": "tool calls are not served yet", "tool_choice": "tool calls are not served yet",
-           "functions": "function calls are not served yet",
-           "function_call": "function calls are not served yet",
-           "response_format": "only plain text is served (JSON mode is not)",
-           "logprobs": "log-probabilities are not served",
-           "top_logprobs": "log-probabilities are not served",
+# the default explicitly).
+ASKS_NOTHING = {"functions": ([],), "function_call": ("none",), "logit_bias": ({},),
+                "store": (False,)}
+# Moot without the parameter they qualify (a stored completion).
+QUALIFIERS = {"metadata": "store"}
+NOT_YET = {"functions": "the deprecated functions are not served: use tools",
+           "function_call": "the deprecated function_call is not served: use tool_choice",
            "logit_bias": "logit_bias is not served", "store": "nothing is stored here"}
 
 
@@ -91,8 +91,90 @@ def _messages(body: dict) -> list[dict]:
             raise ApiError(400, f"Invalid 'messages[{i}].content': expected a string or a list of "
                                 "text parts.", param=f"messages[{i}].content")
         role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": flatten_content(content)})
-    return out
+        message = {"role": role, "content": flatten_content(content)}
+        if role == "assistant" and m.get("tool_calls"):
+            message["tool_calls"] = _tool_calls(m["tool_calls"], f"messages[{i}].tool_calls")
+        if role == "tool" and isinstance(m.get("tool_call_id"), str):
+            message["tool_call_id"] = m["tool_call_id"]
+        out.append(message)
+    return openai_tools.template_messages(out)
+
+
+def _tool_calls(calls: Any, param: str) -> list[dict]:
+    ok = isinstance(calls, list) and all(
+        isinstance(c, dict) and isinstance(c.get("function"), dict)
+        and isinstance(c["function"].get("name"), str)
+        and isinstance(c["function"].get("arguments", ""), (str, dict)) for c in calls)
+    if not ok:
+        raise ApiError(400, f"Invalid '{param}': expected a list of {{'id', 'type': 'function', "
+                            "'function': {'name', 'arguments'}}.", param=param)
+    return calls
+
+
+def _tools(body: dict) -> list[dict]:
+    """The request's tools as OpenAI defines them ({"type": "function", "function": {...}})."""
+    tools = body.get("tools")
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise ApiError(400, "Invalid 'tools': expected a list of functions.", param="tools")
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict)
+                or not isinstance(function.get("name"), str) or not NAME.match(function["name"])
+                or not isinstance(function.get("parameters", {}), dict)
+                or not isinstance(function.get("description", ""), str)):
+            raise ApiError(400, f"Invalid 'tools[{i}]': expected {{'type': 'function', 'function': "
+                                "{'name' (letters, digits, _ and -, up to 64), 'description', "
+                                "'parameters' (a JSON schema)}}.", param=f"tools[{i}]")
+    return tools
+
+
+def _tool_choice(body: dict, tools: list[dict]) -> str:
+    """"none", "auto", "required", or the name of the one function to call."""
+    choice = body.get("tool_choice")
+    names = {t["function"]["name"] for t in tools}
+    if choice is None:
+        return "auto" if tools else "none"
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        choice = choice["function"].get("name")
+        if choice in names:
+            return choice
+    elif choice == "none" or (choice in ("auto", "required") and tools):
+        return choice
+    raise ApiError(400, "Invalid 'tool_choice': expected 'none', 'auto' or 'required' (with tools), "
+                        "or {'type': 'function', 'function': {'name': one of the tools}}.",
+                   param="tool_choice")
+
+
+def _response_format(body: dict) -> tuple[str, dict | None]:
+    """("text" | "json_object" | "json_schema", the schema)."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return "text", None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind in ("text", "json_object"):
+        return kind, None
+    spec = fmt.get("json_schema") if kind == "json_schema" else None
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("schema", {}), dict):
+        return kind, spec.get("schema") or {"type": "object"}
+    raise ApiError(400, "Invalid 'response_format': expected {'type': 'text'}, {'type': 'json_object'} "
+                        "or {'type': 'json_schema', 'json_schema': {'name', 'schema', 'strict'}}.",
+                   param="response_format")
+
+
+def _logprobs(body: dict) -> int | None:
+    """None (not asked), or how many alternatives per token (0-20)."""
+    wanted, top = body.get("logprobs"), body.get("top_logprobs")
+    if wanted not in (None, True, False):
+        raise ApiError(400, "Invalid 'logprobs': expected true or false.", param="logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int)
+                            or not 0 <= top <= MAX_TOP_LOGPROBS):
+        raise ApiError(400, f"Invalid 'top_logprobs': expected a whole number from 0 to "
+                            f"{MAX_TOP_LOGPROBS}.", param="top_logprobs")
+    if top and not wanted:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
+    return (top or 0) if wanted else None
 
 
 def _stops(body: dict) -> list[str]:
@@ -124,11 +206,39 @@ class ChatRequest:
         _refuse_unserved(body)
         self.messages = attach(_messages(body))  # with the ids of replies the app gave
         self.stops = _stops(body)
+        tools = _tools(body)
+        self.tool_choice = _tool_choice(body, tools)
+        # tool_choice "none": the model is not shown the tools (it cannot call them).
+        self.tools = tools if self.tool_choice != "none" else []
+        self.tool_names = {t["function"]["name"] for t in self.tools}
+        parallel = body.get("parallel_tool_calls", True)
+        if not isinstance(parallel, bool):
+            raise ApiError(400, "Invalid 'parallel_tool_calls': expected true or false.",
+                           param="parallel_tool_calls")
+        self.response_format, schema = _response_format(body)
+        self.logprobs = _logprobs(body)
+        grammar = None
+        if self.tool_choice not in ("none", "auto"):  # a call is required: held to the format
+            chosen = [t["function"] for t in self.tools
+                      if self.tool_choice == "required" or t["function"]["name"] == self.tool_choice]
+            grammar = tools_spec([{"name": f["name"], "parameters": f.get("parameters")} for f in chosen],
+                                 parallel=parallel and self.tool_choice == "required")
+        if self.response_format != "text":
+            if self.tools:
+                raise ApiError(400, "'response_format' with 'tools' is not served: ask for one of "
+                                    "them.", param="response_format")
+            grammar = json_spec(schema)
+        wants = [p for p, on in (("tools", self.tools), ("response_format", grammar and not self.tools),
+                                 ("logprobs", self.logprobs is not None)) if on]
+        if wants and not getattr(service.engine, "constrained", False):
+            raise ApiError(400, f"Unsupported parameter: '{wants[0]}' (served by the local engine, "
+                                "not with engine: openai).", param=wants[0],
+                           code="unsupported_parameter")
         self.stream = bool(body.get("stream", False))
         options = body.get("stream_options") or {}
         self.include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
         budget = service.input_budget(config)
-        self.prompt_tokens = service.engine.count_tokens(self.messages)
+        self.prompt_tokens = service.engine.count_tokens(self.messages, self.tools or None)
         if self.prompt_tokens > budget:
             raise ApiError(400, f"This model's maximum context length is {budget} tokens "
                                 f"(max_input_tokens). However, your messages resulted in "
@@ -146,7 +256,7 @@ class ChatRequest:
                                        config.repetition_penalty),
             presence_penalty=_number(body, "presence_penalty", -2, 2, 0.0),
             frequency_penalty=_number(body, "frequency_penalty", -2, 2, 0.0),
-            seed=_seed(body))
+            seed=_seed(body), grammar=grammar, logprobs=self.logprobs)
 
 
 def _seed(body: dict) -> int | None:

@@ -144,24 +144,37 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "description": "
 
 
 def test_no_parameter_is_silently_ignored(app_servers, tiny_dir):
-    """A parameter that is not served is a 400 naming it, through the official client: a
-    client that asks for tools, JSON or log-probs is told, instead of getting free text.
-    The same parameters with a value that asks for nothing are accepted."""
+    """A parameter that is not served is a 400 naming it, through the official client, and so
+    is a served one with a value it cannot take: a client is told, instead of getting free text.
+    Parameters that are not served are accepted with a value that asks for nothing."""
     server = app_servers(model=tiny_dir, extra_config={"max_new_tokens": 4})
     api = client(server)
-    refused = [dict(tools=[TOOL]), dict(tool_choice="required"), dict(logprobs=True),
-               dict(top_logprobs=3), dict(response_format={"type": "json_object"}),
-               dict(logit_bias={"12": 5}), dict(store=True), dict(extra_body={"mirostat": 2}),
-               dict(tools=[TOOL], parallel_tool_calls=False)]
+    refused = [dict(logit_bias={"12": 5}), dict(store=True), dict(extra_body={"mirostat": 2}),
+               dict(extra_body={"functions": [TOOL["function"]]}),
+               dict(extra_body={"function_call": "auto"})]
     for options in refused:
         with pytest.raises(openai.BadRequestError) as err:
             api.chat.completions.create(model=tiny_dir.name, messages=FRANCE, **options)
         name = next(iter(options.get("extra_body") or options))
         assert err.value.param == name and err.value.code == "unsupported_parameter", options
         assert f"'{name}'" in err.value.message
+    invalid = [(dict(tool_choice="required"), "tool_choice"),
+               (dict(tools=[TOOL], tool_choice={"type": "function", "function": {"name": "nope"}}),
+                "tool_choice"),
+               (dict(tools=[{"type": "function", "function": {"name": "bad name!"}}]), "tools[0]"),
+               (dict(top_logprobs=3), "top_logprobs"), (dict(logprobs=True, top_logprobs=21), "top_logprobs"),
+               (dict(response_format={"type": "xml"}), "response_format"),
+               (dict(tools=[TOOL], response_format={"type": "json_object"}), "response_format"),
+               (dict(response_format={"type": "json_schema", "json_schema": {
+                   "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}}),
+                "response_format")]
+    for options, param in invalid:
+        with pytest.raises(openai.BadRequestError) as err:
+            api.chat.completions.create(model=tiny_dir.name, messages=FRANCE, **options)
+        assert err.value.param == param, (options, err.value.message)
     for options in (dict(tools=[]), dict(logprobs=False), dict(response_format={"type": "text"}),
                     dict(store=False, metadata={"a": "b"}), dict(parallel_tool_calls=True),
-                    dict(user="someone"), dict(n=1)):
+                    dict(user="someone"), dict(n=1), dict(tools=[TOOL], tool_choice="none")):
         reply = api.chat.completions.create(model=tiny_dir.name, messages=FRANCE, **options)
         assert reply.choices[0].finish_reason in ("stop", "length"), options
     with pytest.raises(openai.BadRequestError) as err:

@@ -14,13 +14,16 @@ from __future__ import annotations
 import threading
 from typing import Protocol, runtime_checkable
 
-from .reply import Reply, Sampling, Stats  # noqa: F401 - part of the contract
+from .reply import (Reply, Sampling, Stats, TokenLogprob, json_spec,  # noqa: F401 - the contract
+                    tools_spec)
 
 
 @runtime_checkable
 class ChatEngine(Protocol):
     name: str  # the model, as shown to users and to /v1 clients
     max_batch: int  # replies generated together; the page's and /v1's concurrency follow it
+    # Serves Sampling.grammar and .logprobs and `tools` (the local engine; not a remote one).
+    constrained: bool
 
     @property
     def ready(self) -> bool:
@@ -54,15 +57,20 @@ class ChatEngine(Protocol):
     def kv_bytes(self) -> int:
         """Memory held by cached conversations' keys and values."""
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        """Prompt tokens of `messages` once chat-templated."""
+    def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
+        """Prompt tokens of `messages` (and `tools`) once chat-templated."""
 
     def generate(self, messages: list[dict], sampling: Sampling, *,
-                 cache_key: str | None = None, cache_family: str | None = None) -> Reply:
+                 cache_key: str | None = None, cache_family: str | None = None,
+                 tools: list[dict] | None = None) -> Reply:
         """Queue a reply to `messages`; iterate it for text pieces. With a `cache_key` (a
         conversation id) the key's cached prefix is reused and this turn kept for the next.
         With a `cache_family` instead (stateless clients, e.g. /v1), the family's cache that
-        shares the longest prefix with the prompt is reused (or a new one is started)."""
+        shares the longest prefix with the prompt is reused (or a new one is started).
+        `tools` (OpenAI's function definitions) are shown to the model by its chat template."""
+
+    def token_bytes(self, ids: list[int]) -> list[bytes]:
+        """Each token's own bytes (for log-probabilities; engines that are `constrained`)."""
 
     def warm(self, messages: list[dict]) -> int:
         """Prefill what every new conversation starts with; returns the tokens cached."""

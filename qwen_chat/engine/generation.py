@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import DynamicCache, TextIteratorStreamer
 
-from .reply import Reply, Sampling
+from .reply import Reply, Sampling, TokenLogprob
+from .sampling import sample
 
 if TYPE_CHECKING:
     from .local import Engine
@@ -67,6 +68,9 @@ class Generation(Reply):
         # the whole reply per token; its queue is the one this Reply is iterated from.
         self.streamer = Streamer(engine.tokenizer)
         self._pieces = self.streamer.text_queue
+        # Constrained decoding (grammar.py): made before submit, so a bad grammar fails here.
+        self.constraint = engine.grammars.constraint(sampling.grammar) if sampling.grammar else None
+        self.logprobs = [] if sampling.logprobs is not None else None
         engine.submit(self)
 
     @property
@@ -84,6 +88,20 @@ class Generation(Reply):
         if len(self.tokens) > 1 and now > self._first_at:
             self.stats.tokens_per_s = (len(self.tokens) - 1) / (now - self._first_at)
         self.streamer.put(torch.tensor([token]))
+
+    def choose(self, logits: torch.Tensor, top_k: int) -> int:
+        """The next token from this step's `logits` (a 1-D row the engine hands over and does
+        not use again): within the grammar if the reply has one, by its sampling settings;
+        its log-probability kept if asked for."""
+        with torch.inference_mode():  # the logits are the model's (inference) tensor
+            if self.constraint is not None:
+                self.constraint.mask(logits)
+            token = sample(logits, self.sampling, top_k, self.input_ids, self.tokens, self.rng)
+            if self.logprobs is not None:
+                self.logprobs.append(token_logprob(logits, token, self.sampling.logprobs or 0))
+        if self.constraint is not None:
+            self.constraint.advance(token)
+        return token
 
     def finish(self, error: BaseException | None = None) -> None:
         """The reply is over (ended, stopped or failed): release the consumer."""
@@ -105,3 +123,14 @@ class Generation(Reply):
         """"length" when the reply was cut at max_new_tokens, else "stop" (ended or stopped)."""
         ended = bool(self.tokens) and self.tokens[-1] in self._eos
         return "length" if not ended and len(self.tokens) >= self.sampling.max_new_tokens else "stop"
+
+
+def token_logprob(logits: torch.Tensor, token: int, alternatives: int) -> TokenLogprob:
+    """`token`'s log-probability under `logits` (as the model gave them, or as a grammar left
+    them) and the `alternatives` most likely tokens with theirs."""
+    logp = torch.log_softmax(logits.float(), -1)
+    top = ()
+    if alternatives:
+        values, ids = torch.topk(logp, alternatives)
+        top = tuple((int(i), float(v)) for i, v in zip(ids, values))
+    return TokenLogprob(token, float(logp[token]), top)

@@ -33,7 +33,8 @@ from .drafts import NO_LOGITS, DraftPrefill
 from .generation import Generation, Streamer  # noqa: F401 - Streamer re-exported
 from .kvcache import KVCacheStore
 from .reply import Reply, Sampling, Stats, flatten_content, stop_replies  # noqa: F401 - re-exported
-from .sampling import DEFAULT_TOP_K, sample
+from .grammar import Grammars
+from .sampling import DEFAULT_TOP_K
 from .threads import ThreadGovernor
 
 _engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
@@ -58,6 +59,7 @@ class Engine(DraftPrefill):
     prefilled by its DraftPrefill part (drafts.py)."""
 
     ready = True  # see loading.LoadingEngine, which stands in for an engine while it loads
+    constrained = True  # grammars (Sampling.grammar), tools and log-probabilities are served
     progress = None
 
     def __init__(self, model, tokenizer, *, name: str = "", kv_cache_mb: int = 256,
@@ -70,6 +72,8 @@ class Engine(DraftPrefill):
         self.eos_token_ids = self._eos_ids()
         self.turn_gap = prompt.turn_gap_ids(tokenizer)  # prefilled when a reply ends (_end)
         self.prompts = prompt.PromptCache(tokenizer)
+        vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
+        self.grammars = Grammars(tokenizer, vocab)  # constrained decoding (grammar.py)
         self.top_k = getattr(model.generation_config, "top_k", None) or DEFAULT_TOP_K
         self.step_sizes: Counter[int] = Counter()  # decode steps run, by number of replies
         self._cache_arg = cache_arg(model)
@@ -130,16 +134,21 @@ class Engine(DraftPrefill):
             return name
         return "int8 digits" if name == "int8" else f"{name} (lm_head: int8 digits)"
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        """Prompt tokens of `messages` once chat-templated."""
-        return len(self.prompts.ids(messages))
+    def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
+        """Prompt tokens of `messages` (and `tools`) once chat-templated."""
+        return len(self.prompts.ids(messages, tools))
 
-    def prompt_ids(self, messages: list[dict]) -> torch.Tensor:
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> torch.Tensor:
         """The messages as a 1 x n prompt tensor (see prompt.prompt_ids: replies keep their ids)."""
-        return torch.tensor([self.prompts.ids(messages)], dtype=torch.long)
+        return torch.tensor([self.prompts.ids(messages, tools)], dtype=torch.long)
+
+    def token_bytes(self, ids: list[int]) -> list[bytes]:
+        """Each token's own bytes (for log-probabilities)."""
+        return prompt.token_bytes(self.tokenizer, ids)
 
     def generate(self, messages: list[dict], sampling: Sampling, *,
-                 cache_key: str | None = None, cache_family: str | None = None) -> Generation:
+                 cache_key: str | None = None, cache_family: str | None = None,
+                 tools: list[dict] | None = None) -> Generation:
         """Queue a reply to `messages`; it streams as soon as the engine has room for it.
 
         With a `cache_key` (a conversation id), the KV cache of that key's previous turn is
@@ -148,7 +157,7 @@ class Engine(DraftPrefill):
         cache that this prompt continues is reused; one it only shares a start with is copied
         (a retry, another client), so that clients taking turns each keep theirs.
         """
-        ids = self.prompt_ids(messages)
+        ids = self.prompt_ids(messages, tools)
         if cache_key is None and cache_family is not None:
             closest, continued = self.kv.closest(f"{cache_family}:", ids[0])
             cache_key = closest if continued else f"{cache_family}:{secrets.token_hex(8)}"
@@ -280,7 +289,7 @@ class Engine(DraftPrefill):
 
     def _hand_out(self, running: list[Generation], logits: torch.Tensor) -> None:
         for g, row in zip(running, logits):
-            g.add_token(sample(row, g.sampling, self.top_k, g.input_ids, g.tokens, g.rng))
+            g.add_token(g.choose(row, self.top_k))
 
     def _admit(self, busy: int) -> list[Generation]:
         """Replies to start now, first come first served, as room allows; waits while idle.
@@ -351,8 +360,7 @@ class Engine(DraftPrefill):
             tail = g.input_ids[g.stats.cached_tokens:][None]
             with self.lock, torch.inference_mode():
                 out = self._forward(g.cache, input_ids=tail, logits_to_keep=1)
-            g.add_token(sample(out.logits[0, -1], g.sampling, self.top_k, g.input_ids,
-                               g.tokens, g.rng))
+            g.add_token(g.choose(out.logits[0, -1], self.top_k))
             return True
         except BaseException as exc:  # noqa: BLE001 - reaches the reply's consumer
             g.cache = None

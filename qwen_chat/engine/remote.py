@@ -100,6 +100,7 @@ class RemoteEngine:
 
     precision = "remote"
     ready = True  # nothing to load here
+    constrained = False  # /v1 refuses tools, JSON output and logprobs with this engine
     progress = None
     context_length = 32768  # unknown here: the server refuses what does not fit
     threads = 0  # the server's business
@@ -116,12 +117,19 @@ class RemoteEngine:
     def wait_ready(self, timeout: float | None = None) -> bool:
         return True
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        text = "".join(flatten_content(m["content"]) for m in messages)
+    def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
+        text = "".join(flatten_content(m["content"]) for m in messages) + json.dumps(tools or "")
         return len(text.encode("utf-8")) // CHARS_PER_TOKEN + 4 * len(messages) + 3
 
+    def token_bytes(self, ids: list[int]) -> list[bytes]:
+        raise NotImplementedError("log-probabilities are served by the local engine only")
+
     def generate(self, messages: list[dict], sampling: Sampling, *,
-                 cache_key: str | None = None, cache_family: str | None = None) -> RemoteReply:
+                 cache_key: str | None = None, cache_family: str | None = None,
+                 tools: list[dict] | None = None) -> RemoteReply:
+        if tools or sampling.grammar or sampling.logprobs is not None:
+            raise NotImplementedError("tools, JSON output and log-probabilities are served by "
+                                      "the local engine only (not with engine: openai)")
         plain = [{"role": m["role"], "content": flatten_content(m["content"])} for m in messages]
         reply = RemoteReply(self, plain, sampling)
         self._replies.add(reply)

@@ -4,6 +4,7 @@ produce Replies; the chat service and the /v1 API only consume them."""
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -27,6 +28,28 @@ class Sampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None  # the same seed and settings give the same reply (None: random)
+    # A grammar the reply must follow (grammar.py: JSON, a tool call), None: free text.
+    grammar: str | None = None
+    # Log-probabilities to report with each token: None, or how many alternatives (0-20).
+    logprobs: int | None = None
+
+
+def json_spec(schema: dict | None) -> str:
+    """A Sampling.grammar for one JSON value of `schema` (None: any JSON object)."""
+    return json.dumps({"json_schema": schema}, ensure_ascii=False, sort_keys=True)
+
+
+def tools_spec(tools: list[dict], *, parallel: bool = True) -> str:
+    """A Sampling.grammar for tool calls of `tools` ({"name", "parameters"})."""
+    return json.dumps({"tools": tools, "parallel": parallel}, ensure_ascii=False, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token with its log-probability and the most likely alternatives there."""
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -64,6 +87,7 @@ class Reply:
 
     finish_reason = "stop"  # or "length": cut at max_new_tokens
     token_ids: list[int] | None = None  # the reply's tokens as generated, when they are known
+    logprobs: list[TokenLogprob] | None = None  # per token, when Sampling.logprobs asked for them
 
     def __init__(self, prompt_tokens: int):
         self.cancel = threading.Event()

@@ -192,8 +192,15 @@ class LoadingEngine:
     def context_length(self) -> int:
         return self.wait().context_length
 
-    def count_tokens(self, messages) -> int:
-        return self.wait().count_tokens(messages)
+    def count_tokens(self, messages, tools=None) -> int:
+        return self.wait().count_tokens(messages, tools)
+
+    def token_bytes(self, ids: list[int]) -> list[bytes]:
+        return self.wait().token_bytes(ids)
+
+    @property
+    def constrained(self) -> bool:
+        return bool(getattr(self.wait(), "constrained", False))
 
     def generate(self, *args, **kwargs):
         return self.wait().generate(*args, **kwargs)
