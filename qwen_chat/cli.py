@@ -31,7 +31,12 @@ Anything else is a message."""
 
 def cli_owner(service: ChatService, data_dir: Path) -> str:
     """The owner of the most recently used conversation, else this terminal's own id."""
-    rows = list(service.store.db.query(
+    return last_owner(service.store, data_dir)
+
+
+def last_owner(store, data_dir: Path) -> str:
+    """cli_owner from the store alone (`python -m qwen_chat import/export`)."""
+    rows = list(store.db.query(
         "SELECT owner FROM conversations ORDER BY updated_at DESC LIMIT 1"))
     if rows:
         return rows[0]["owner"]

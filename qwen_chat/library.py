@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 
-from . import context, presets, search, transfer
+from dataclasses import dataclass
+
+from . import context, imports, presets, search, transfer
 from .config import Config, ConfigSnapshot
 from .engine.contract import ChatEngine
 from .errors import ConfigError, NotFound
@@ -14,6 +16,14 @@ from .store import COMPLETE, Conversation, Message, Store
 
 log = logging.getLogger(__name__)
 TITLE_LENGTH = 40
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    source: str  # "ChatGPT", "DeepSeek", "Qwen Chat"
+    added: int
+    skipped: int  # imported before: not added again
+    newest: Conversation | None  # the most recent one added (the page opens it)
 
 
 def title_from(text: str) -> str:
@@ -97,10 +107,28 @@ class Library:
         render = transfer.to_markdown if kind == "md" else transfer.to_json
         return transfer.file_name(conversation, f".{kind}"), render(conversation, messages)
 
-    def import_export(self, owner: str, raw: bytes) -> Conversation:
-        """A JSON export (`raw` bytes) as a new conversation of `owner`; ImportRefused if not."""
-        title, messages = transfer.parse_export(raw)
-        title = title_from(title) or title_from(next(
-            (m["content"] for m in messages if m["role"] == "user"), "")) or "…"
-        return self.store.import_conversation(owner, title, messages)
+    def export_all(self, owner: str) -> tuple[int, bytes]:
+        return export_all(self.store, owner)
 
+    def import_file(self, owner: str, raw: bytes) -> ImportResult:
+        return import_file(self.store, owner, raw)
+
+
+def export_all(store: Store, owner: str) -> tuple[int, bytes]:
+    """(how many, a zip of) every conversation of `owner`, as Markdown and JSON."""
+    items = [(c, store.messages(owner, c.id)) for c in store.list_conversations(owner)]
+    return len(items), transfer.export_all(items)
+
+
+def import_file(store: Store, owner: str, raw: bytes) -> ImportResult:
+    """An export (ChatGPT's, DeepSeek's or this app's, told from `raw`'s content) added to
+    `owner`'s conversations in one transaction; what was imported before is skipped.
+    ImportRefused (one sentence) for a file that is none of them; nothing is written then."""
+    source, conversations = imports.read(raw)
+    for c in conversations:
+        c.title = title_from(c.title) or title_from(next(
+            (m["content"] for m in c.messages if m["role"] == "user"), "")) or "…"
+    added, skipped = store.import_conversations(owner, conversations)
+    newest = max((store.get_conversation(owner, i) for i in added),
+                 key=lambda c: c.updated_at, default=None)
+    return ImportResult(source, len(added), skipped, newest)

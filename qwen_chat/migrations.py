@@ -82,3 +82,11 @@ def m007_chat_settings_and_presets(db: sqlite_utils.Database) -> None:
     db.execute("""CREATE TABLE presets (
         owner TEXT NOT NULL, key TEXT NOT NULL, name TEXT NOT NULL, system_prompt TEXT NOT NULL,
         hidden INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL, PRIMARY KEY (owner, key))""")
+
+
+@migrations()
+def m008_import_keys(db: sqlite_utils.Database) -> None:
+    """Where an imported conversation came from ("chatgpt:<id>", ...; imports.py), so that the
+    same export imported again adds nothing twice."""
+    db.table("conversations").add_column("import_key", str)
+    db.execute("CREATE INDEX conversations_import_key ON conversations (owner, import_key)")

@@ -272,19 +272,34 @@ class Store:
                 self.db.table("messages").update(message_id, changes)
         self._write(update, wait_s=wait_s)
 
-    def import_conversation(self, owner: str, title: str, messages: list[dict]) -> Conversation:
-        """A new conversation holding `messages` ({role, content, status}), in one transaction."""
-        now = time.time()
-        conversation = Conversation(id=secrets.token_hex(16), owner=owner, title=title,
-                                    created_at=now, updated_at=now)
-        rows = [dict(conversation_id=conversation.id, role=m["role"], content=m["content"],
-                     status=m["status"], created_at=now, updated_at=now) for m in messages]
+    def import_conversations(self, owner: str, conversations: list) -> tuple[list[str], int]:
+        """Add `conversations` (imports.Imported: key, title, times, messages) for `owner` in one
+        transaction, all or none, skipping those whose key this owner already has (the same
+        export imported again). Returns (the ids added, how many were already there)."""
+        added: list[str] = []
+        skipped = 0
+
         def insert() -> None:
+            nonlocal skipped
+            added.clear()
+            skipped = 0
             with self.db.atomic():
-                self.db.table("conversations").insert(asdict(conversation))
-                self.db.table("messages").insert_all(rows)
+                for c in conversations:
+                    if c.key and self.db.execute(
+                            "SELECT 1 FROM conversations WHERE owner = ? AND import_key = ?",
+                            [owner, c.key]).fetchone():
+                        skipped += 1
+                        continue
+                    row = dict(id=secrets.token_hex(16), owner=owner, title=c.title,
+                               created_at=c.created_at, updated_at=c.updated_at, import_key=c.key)
+                    self.db.table("conversations").insert(row)
+                    self.db.table("messages").insert_all(
+                        dict(conversation_id=row["id"], role=m["role"], content=m["content"],
+                             status=m["status"], created_at=m["created_at"],
+                             updated_at=m["created_at"]) for m in c.messages)
+                    added.append(row["id"])
         self._write(insert)
-        return conversation
+        return added, skipped
 
     def messages(self, owner: str, conversation_id: str) -> list[Message]:
         with self._lock:

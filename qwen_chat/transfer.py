@@ -1,15 +1,19 @@
 """Conversations out and in: Markdown and JSON exports, JSON imports, and a live backup.
 
-The JSON export is the import format: {"format": "qwen-chat", "version": 1, "title": ...,
-"messages": [{"role": "user" | "assistant" | "system", "content": ..., "status": ...}]}.
+The JSON export is the import format: {"format": "qwen-chat", "version": 1, "id": ..., "title":
+..., "created_at", "updated_at", "messages": [{"role": "user" | "assistant" | "system", "content":
+..., "status": ..., "created_at"}]}; `export_all` zips them with a Markdown copy each. Other
+apps' exports are read by imports.py.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sqlite3
 import time
+import zipfile
 from pathlib import Path
 
 from .store import COMPLETE, Conversation, Message
@@ -41,11 +45,28 @@ def to_markdown(conversation: Conversation, messages: list[Message]) -> str:
 
 
 def to_json(conversation: Conversation, messages: list[Message]) -> str:
-    data = {"format": FORMAT, "version": VERSION, "title": conversation.title,
-            "created_at": conversation.created_at,
+    data = {"format": FORMAT, "version": VERSION, "id": conversation.id, "title": conversation.title,
+            "created_at": conversation.created_at, "updated_at": conversation.updated_at,
             "messages": [{"role": m.role, "content": m.content, "status": m.status,
                           "created_at": m.created_at} for m in messages]}
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+
+
+def export_all(conversations: list[tuple[Conversation, list[Message]]]) -> bytes:
+    """A zip with every conversation as Markdown (to read) and JSON (to import again), named
+    after its title; the same title twice gets " (2)"."""
+    buffer, used = io.BytesIO(), set()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for conversation, messages in conversations:
+            stem = file_name(conversation, "")
+            name, n = stem, 1
+            while name.lower() in used:
+                n += 1
+                name = f"{stem} ({n})"
+            used.add(name.lower())
+            archive.writestr(f"{name}.md", to_markdown(conversation, messages))
+            archive.writestr(f"{name}.json", to_json(conversation, messages))
+    return buffer.getvalue()
 
 
 def parse_export(raw: bytes) -> tuple[str, list[dict]]:

@@ -44,26 +44,29 @@ def test_export_then_import_gives_the_same_conversation(service):
     data = json.loads(text)
     assert data["format"] == "qwen-chat" and [m["content"] for m in data["messages"]] == [TEXT, final.text]
 
-    imported = service.import_export(OWNER, text.encode())
+    result = service.import_file(OWNER, text.encode())
+    imported = result.newest
+    assert (result.source, result.added) == ("Qwen Chat", 1)
     assert imported.id != cid and imported.title == final.conversation.title
     pairs = lambda c: [(m.role, m.content, m.status) for m in service.messages(OWNER, c)]  # noqa: E731
     assert pairs(imported.id) == pairs(cid)
-    assert [c.id for c in service.conversations(OWNER)][0] == imported.id
+    assert imported.id in [c.id for c in service.conversations(OWNER)]
+    assert service.import_file(OWNER, text.encode()).skipped == 1  # the same file: not twice
     # Only its owner sees it, and it can be continued like any other conversation.
     assert service.conversations("x" * 32) == []
     assert list(service.send(OWNER, imported.id, "and then?"))[-1].status == "complete"
 
 
 @pytest.mark.parametrize("raw, reason", [
-    (b"not json", "not JSON"),
-    (b'{"messages": []}', "not a Qwen Chat export"),
+    (b"not json", "neither a zip nor JSON"),
+    (b'{"messages": []}', "not an export of ChatGPT, DeepSeek or Qwen Chat"),
     (b'{"format": "qwen-chat", "messages": []}', "list of 1 to"),
     (b'{"format": "qwen-chat", "messages": [{"role": "wizard", "content": "x"}]}', "message 1"),
     (b'{"format": "qwen-chat", "messages": [{"role": "user", "content": 5}]}', "message 1"),
 ])
 def test_a_file_that_is_not_an_export_is_refused_and_nothing_is_stored(service, raw, reason):
     with pytest.raises(ImportRefused, match=reason):
-        service.import_export(OWNER, raw)
+        service.import_file(OWNER, raw)
     assert service.conversations(OWNER) == []
 
 
@@ -165,3 +168,31 @@ def test_export_import_and_the_system_panel_in_the_browser(browser, app_servers,
     send(page, "and another")
     latest = finished_replies(server.db_path, 3)[-1]
     expect(panel).to_contain_text(f"first token {latest['ttft']:.2f} s")
+
+    # A ChatGPT export (the zip as ChatGPT hands it out), from the sidebar: its branch, titles.
+    from tests.test_imports import chatgpt_export, zipped
+
+    chatgpt = tmp_path / "chatgpt-export.zip"
+    chatgpt.write_bytes(zipped({"conversations.json": json.dumps(chatgpt_export()), "chat.html": ""}))
+    with page.expect_file_chooser() as chooser:
+        page.locator("#import").click()
+    chooser.value.set_files(str(chatgpt))
+    expect(page.get_by_text("Imported 2 conversation(s) from ChatGPT")).to_be_visible()
+    expect(page.locator("#conversations .row")).to_have_count(4)
+    expect(page.locator("#conversations")).to_contain_text("Capitals")
+    page.locator("#conversations .row", has_text="Capitals").first.click()
+    expect(page.locator('#chatbot [data-testid="bot"]').last).to_contain_text("Rome.")
+    page.screenshot(path=SHOTS / "browser-imported-chatgpt.png")
+
+    # Everything out at once: a zip with each conversation as Markdown and JSON.
+    page.locator("#export-all").click()
+    link = page.locator('#exported a[download$=".zip"]').first
+    expect(link).to_be_visible()
+    with page.expect_download() as download:
+        link.click()
+    every = tmp_path / "all.zip"
+    download.value.save_as(every)
+    import zipfile
+
+    names = zipfile.ZipFile(every).namelist()
+    assert len(names) == 8 and "Capitals.json" in names and "Capitals.md" in names

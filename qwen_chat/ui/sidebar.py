@@ -25,6 +25,7 @@ class Sidebar:
     search: gr.Textbox
     exported: gr.File
     import_btn: gr.UploadButton
+    export_all_btn: gr.Button
 
 
 def render(page: Page) -> Sidebar:
@@ -37,9 +38,11 @@ def render(page: Page) -> Sidebar:
                                  js_on_load=listing.JS, padding=False)
     exported = gr.File(label=t("export_file"), visible=False, interactive=False,
                        elem_id="exported")
-    import_btn = gr.UploadButton(t("import_json"), size="sm", file_types=[".json"],
-                                 type="filepath", elem_id="import")
-    return Sidebar(new_btn, search, exported, import_btn)
+    with gr.Row():
+        import_btn = gr.UploadButton(t("import_json"), size="sm", file_types=[".json", ".zip"],
+                                     type="filepath", elem_id="import")
+        export_all_btn = gr.Button(t("export_all"), size="sm", elem_id="export-all")
+    return Sidebar(new_btn, search, exported, import_btn, export_all_btn)
 
 
 def wire(page: Page, side: Sidebar) -> list:
@@ -107,15 +110,31 @@ def wire(page: Page, side: Sidebar) -> list:
         return (*page.new_chat(owner, lang_of(request)), "")
 
     def import_file(owner, upload, request: gr.Request):
-        """Add an uploaded JSON export as a new conversation and open it."""
+        """Add the conversations of an uploaded export (ChatGPT's, DeepSeek's or this app's,
+        .json or .zip) and open the newest one added."""
         lang = lang_of(request)
         try:
-            conversation = service.import_export(owner, Path(upload).read_bytes())
+            result = service.import_file(owner, Path(upload).read_bytes())
         except (ImportRefused, OSError) as exc:
             gr.Warning(i18n.text(lang, "import_refused", reason=exc))
             return (gr.skip(),) * 6
-        return (conversation.id, *page.shows(page.chat_of(owner, conversation.id, lang)),
-                page.listing(owner, conversation.id, lang), "")
+        said = i18n.text(lang, "imported", count=result.added, source=result.source)
+        if result.skipped:
+            said += " " + i18n.text(lang, "imported_before", skipped=result.skipped)
+        gr.Info(said)
+        if result.newest is None:  # everything was there already
+            return (gr.skip(),) * 6
+        opened = result.newest.id
+        return (opened, *page.shows(page.chat_of(owner, opened, lang)),
+                page.listing(owner, opened, lang), "")
+
+    def export_everything(owner):
+        """Every conversation of this browser, as Markdown and JSON in one zip to download."""
+        _, data = service.export_all(owner)
+        path = Path(tempfile.mkdtemp(prefix="qwen-chat-export-")) / time.strftime(
+            "qwen-chat-%Y%m%d-%H%M%S.zip")
+        path.write_bytes(data)
+        return gr.update(value=str(path), visible=True)
 
     # Leaving a conversation stops its reply (kept as "stopped"): the view belongs to the
     # conversation the user is looking at.
@@ -134,6 +153,7 @@ def wire(page: Page, side: Sidebar) -> list:
         switched.append(trigger(new_chat, [page.owner],
                 [page.current, *shown_chat, page.status, page.conversations, side.search],
                 cancels=page.replies, **private))
+    side.export_all_btn.click(export_everything, [page.owner], [side.exported], **private)
     switched.append(side.import_btn.upload(
         import_file, [page.owner, side.import_btn],
         [page.current, *shown_chat, page.conversations, side.search], cancels=page.replies,
