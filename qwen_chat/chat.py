@@ -12,6 +12,7 @@ streams (at least once a second), and once more when it ends, however it ends: c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -27,7 +28,9 @@ from .config import Config, ConfigSnapshot, ConfigWatcher
 from .engine.contract import ChatEngine, Reply, Sampling, Stats
 from .errors import GenerationError, MessageTooLong, ModelNotLoaded, NotFound, StorageFull
 from .engine.startup import Snapshot
+from .attachments import sources_line
 from .library import Library, title_from
+from .reading import Reading
 from .store import COMPLETE, ERROR, STOPPED, STREAMING, Conversation, Message, Store
 
 log = logging.getLogger(__name__)
@@ -87,9 +90,10 @@ def config_warnings(snapshot: ConfigSnapshot, told: int | None) -> list[tuple[st
     return notes
 
 
-class ChatService(Library):
+class ChatService(Library, Reading):
     def __init__(self, store: Store, engine: ChatEngine, settings: ConfigWatcher):
         self.store, self.engine, self.settings = store, engine, settings
+        self._init_reading()
         # session -> (its reply being generated, that reply's conversation id)
         self._active: dict[str, tuple[Reply, str]] = {}
         self._active_lock = threading.Lock()
@@ -149,7 +153,8 @@ class ChatService(Library):
     # Replies --------------------------------------------------------------------------------
     def send(self, owner: str, conversation_id: str | None, text: str, *,
              session: str | None = None, config: Config | None = None,
-             keep: int | None = None, settings: dict | None = None) -> Iterator[ReplyUpdate]:
+             keep: int | None = None, settings: dict | None = None,
+             files: list[str] | None = None) -> Iterator[ReplyUpdate]:
         """Store the user's message (a new conversation if none is given), then stream a reply.
 
         A message with nothing but white space is ignored: nothing is stored or yielded.
@@ -158,7 +163,8 @@ class ChatService(Library):
         `keep`: the message goes after the conversation's first `keep` messages, replacing the
         later ones (an edited message, a retry), in one transaction; None: after all of them.
         `settings`: a new conversation's own settings (see set_chat_settings); an existing one
-        uses those stored with it.
+        uses those stored with it. `files`: documents attached to the message (paths of
+        files read with read_file before: reading.py), stored with it.
         """
         if not text or not text.strip():
             return
@@ -178,7 +184,8 @@ class ChatService(Library):
             if keep is not None and conversation_id:
                 later = self.store.messages(owner, conversation_id)[max(keep, 0):]
                 replacing = later[0].id if later else None
-            self.store.add_message(conversation.id, "user", text, replacing_from=replacing)
+            message = self.store.add_message(conversation.id, "user", text, replacing_from=replacing)
+            self.store_files(conversation.id, message.id, files)
             yield from self._reply(owner, conversation, session, config, base)
 
     @contextlib.contextmanager
@@ -206,7 +213,8 @@ class ChatService(Library):
         return self.store.busy_since is not None
 
     def draft(self, owner: str, conversation_id: str | None, text: str, *,
-              session: str, settings: dict | None = None) -> threading.Event | None:
+              session: str, settings: dict | None = None,
+              files: list[str] | None = None) -> threading.Event | None:
         """The user is typing `text` (not sent yet): have the engine prefill the prompt it would
         make, while idle, so that Send only prefills what changed since. `session` names the
         tab, whose new chat has no conversation yet. Returns the engine's event (set once
@@ -222,7 +230,7 @@ class ChatService(Library):
         config = self.effective_config(settings)
         if len(text) > context.CHARS_PER_TOKEN_LIMIT * self.input_budget(config):
             return None
-        draft = Message(0, conversation_id or "", "user", text, time.time())
+        draft = Message(0, conversation_id or "", "user", self.draft_text(text, files), time.time())
         try:  # the prompt _reply will build once the message is stored
             fitted = self._prompt(config, [*stored, draft])
         except MessageTooLong:
@@ -244,9 +252,12 @@ class ChatService(Library):
                              count=self.engine.count_tokens if self.engine.ready else None)
 
     def _prompt(self, config: Config, stored: list[Message]) -> context.Fitted:
-        """What the model reads to answer the last of `stored` (a conversation's messages)."""
-        return context.build(config, stored, budget=self.input_budget(config),
-                             count=self.engine.count_tokens)
+        """What the model reads to answer the last of `stored` (a conversation's messages),
+        attached documents included (reading.py)."""
+        budget = self.input_budget(config)
+        stored, cited = self.with_documents(stored, budget)
+        fitted = context.build(config, stored, budget=budget, count=self.engine.count_tokens)
+        return dataclasses.replace(fitted, cited=tuple(cited))
 
     def _save_progress(self, message_id: int, text: str) -> None:
         """Save a streaming reply so far; skipped (the final save waits) while the file is
@@ -341,6 +352,9 @@ class ChatService(Library):
                         del self._active[session]
             if stats.ttft is not None:
                 self.last_stats = stats
+                self.measured_prefill(stats.prompt_tokens - stats.cached_tokens, stats.ttft)
+            if status == COMPLETE and fitted.cited:  # where the excerpts it read came from
+                parts.append("\n\n" + sources_line(list(fitted.cited)))
             if status == STREAMING:  # an unexpected exception is on its way up
                 status, error = ERROR, "unexpected error, see the terminal"
             token_ids = generation.token_ids if generation is not None else None

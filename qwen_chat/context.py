@@ -99,6 +99,7 @@ class Fitted:
     tokens: int  # prompt tokens of `messages`
     dropped: int  # oldest messages (after the system message) left out
     previous: int = 0  # how many the previous reply left out
+    cited: tuple = ()  # excerpts of attached documents the reply should cite (attachments.py)
 
     @property
     def newly_cut(self) -> bool:

@@ -90,3 +90,25 @@ def m008_import_keys(db: sqlite_utils.Database) -> None:
     same export imported again adds nothing twice."""
     db.table("conversations").add_column("import_key", str)
     db.execute("CREATE INDEX conversations_import_key ON conversations (owner, import_key)")
+
+
+@migrations()
+def m009_attachments(db: sqlite_utils.Database) -> None:
+    """Files attached to messages (attachments.py): each one's text, and its excerpts indexed
+    for search (FTS5, trigram: Chinese too). They go with their conversation and message."""
+    db.execute("""CREATE TABLE attachments (
+        id INTEGER PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        message_id INTEGER REFERENCES messages(id) ON DELETE CASCADE,
+        name TEXT NOT NULL, kind TEXT NOT NULL, tokens INTEGER NOT NULL, places INTEGER NOT NULL,
+        text TEXT NOT NULL, created_at REAL NOT NULL)""")
+    db.execute("CREATE INDEX attachments_conversation ON attachments (conversation_id)")
+    db.execute("""CREATE TABLE attachment_chunks (
+        id INTEGER PRIMARY KEY,
+        attachment_id INTEGER NOT NULL REFERENCES attachments(id) ON DELETE CASCADE,
+        place TEXT NOT NULL, text TEXT NOT NULL)""")
+    db.execute("CREATE INDEX attachment_chunks_attachment ON attachment_chunks (attachment_id)")
+    try:
+        db.table("attachment_chunks").enable_fts(["text"], tokenize="trigram", create_triggers=True)
+    except sqlite3.OperationalError as exc:
+        log.warning("No full-text index for attachments (%s): their first excerpts are used.", exc)
