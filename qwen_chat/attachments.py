@@ -89,9 +89,11 @@ class Attachments:
             return next(self.store.db.query("SELECT text FROM attachments WHERE id = ?",
                                             [attachment_id]))["text"]
 
-    def excerpts(self, attachments: list[Attachment], question: str, limit: int) -> list[Excerpt]:
+    def excerpts(self, attachments: list[Attachment], question: str, limit: int, *,
+                 fallback: bool = True) -> list[Excerpt]:
         """The excerpts of `attachments` that best match `question` (BM25 over the trigram
-        index), the best first; the first ones where nothing matches."""
+        index), the best first; where nothing matches, the first ones (with `fallback`: the
+        question the file was sent with may not name its words) or none."""
         ids = [a.id for a in attachments]
         if not ids:
             return []
@@ -110,7 +112,7 @@ class Attachments:
                         [" OR ".join(terms), *ids, limit]))
                 except Exception:  # noqa: BLE001 - no FTS5 trigram in this SQLite: the start
                     rows = []
-            if not rows:
+            if not rows and fallback:
                 rows = list(self.store.db.query(
                     "SELECT a.name, c.place, c.text FROM attachment_chunks c "
                     "JOIN attachments a ON a.id = c.attachment_id "
@@ -118,14 +120,21 @@ class Attachments:
         return [Excerpt(r["name"], r["place"], r["text"]) for r in rows]
 
 
+STOP_WORDS = frozenset("""the and for are was were what when where which who whom whose why how
+this that these those with from into about does did has have had can could would should will
+you your yours our ours their them they its his her she him not but all any some than then
+there here please tell give list show say said also just only very more most much many""".split())
+
+
 def search_terms(question: str, most: int = 40) -> list[str]:
     """FTS5 phrases for `question` under the trigram tokenizer: its words of three or more
-    characters, and every three characters of a Chinese, Japanese or Korean run."""
+    characters (but the commonest English ones), and every three characters of a Chinese,
+    Japanese or Korean run."""
     terms: list[str] = []
     for word in re.findall(r"[\w-]+", question):
         if re.search(r"[\u3000-\u9fff\uac00-\ud7af]", word):
             terms += [word[i:i + 3] for i in range(max(1, len(word) - 2)) if len(word[i:i + 3]) == 3]
-        elif len(word) >= 3:
+        elif len(word) >= 3 and word.lower() not in STOP_WORDS:
             terms.append(word.lower())
     unique = list(dict.fromkeys(terms))[:most]
     return ['"' + t.replace('"', '""') + '"' for t in unique]
@@ -151,9 +160,12 @@ def expand(messages: list, attached: dict[int, list[Attachment]], store: Attachm
     for i, m in enumerate(messages):
         own = attached.get(m.id, []) if m.role == "user" else []
         blocks = [document_block(a.name, store.text(a.id)) for a in own if a.short]
-        wanted = [a for a in own if not a.short] or (long_docs if i == last_user else [])
+        # The files a message was sent with; and for the latest question sent without any,
+        # the conversation's long documents, where they match it.
+        wanted = [a for a in own if not a.short] or (long_docs if i == last_user and not own else [])
         if wanted:
-            excerpts = _fit(store.excerpts(wanted, m.content, EXCERPTS), budget * EXCERPT_SHARE, count)
+            excerpts = _fit(store.excerpts(wanted, m.content, EXCERPTS, fallback=bool(own)),
+                            budget * EXCERPT_SHARE, count)
             if excerpts:
                 blocks.append(excerpts_block(excerpts))
                 if i == last_user:

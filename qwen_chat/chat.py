@@ -219,7 +219,7 @@ class ChatService(Library, Reading):
         make, while idle, so that Send only prefills what changed since. `session` names the
         tab, whose new chat has no conversation yet. Returns the engine's event (set once
         prefilled, replaced or skipped), or None when there is nothing to prefill."""
-        if not text.strip() or not self.engine.ready:
+        if not (text.strip() or files) or not self.engine.ready:
             return None
         try:
             stored = self.store.messages(owner, conversation_id) if conversation_id else []

@@ -23,6 +23,8 @@ __all__ = ["GENERATE", "build_ui", "launch_options"]
 CSS = """
 #title h1, #title p { font-size: 1.6em; font-weight: 700; margin: 0; }
 #status { min-height: 1.5em; opacity: .75; font-size: .9em; }
+#attached { font-size: .9em; }
+#attach-row { align-items: center; gap: .5em; }
 #model-status { padding: .5em .8em; border-radius: 8px; background: var(--color-accent-soft); }
 #chatbot .message-row.found .message { outline: 2px solid var(--color-accent); }
 """
@@ -33,7 +35,7 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
         page = Page(service, gr.I18n(**i18n.TRANSLATIONS),
                     owner=gr.BrowserState(None, storage_key="qwen_chat_owner", secret=secret),
                     current=gr.State(None), told=gr.State(None), seen=gr.State(0),
-                    settings=gr.State({}))
+                    settings=gr.State({}), files=gr.State([]))
         with gr.Sidebar(open=True):
             side = sidebar.render(page)
             panel = system.render_panel(page)

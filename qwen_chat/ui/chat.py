@@ -14,7 +14,8 @@ import logging
 import gradio as gr
 from gradio.context import get_blocks_context
 
-from .. import i18n
+from .. import documents, i18n
+from ..documents import DocumentRefused
 from ..display import as_text, plain, shown, typed
 from ..errors import MessageTooLong, NotFound, StorageFull
 from ..store import Message
@@ -77,7 +78,10 @@ def render(page: Page) -> PageChat:
         """Whether a message the chat shows is the stored one."""
         expected = (show_user(stored.content) if stored.role == "user" else
                     shown(stored, lang, remote_images=remote_images())["content"])
-        return plain(item.get("content")).strip() == expected.strip()
+        showing = plain(item.get("content")).strip()
+        # A user message sent with files shows their names above it (Page.chat_of).
+        return showing == expected.strip() or (
+            stored.role == "user" and showing.startswith("📎") and showing.endswith(expected.strip()))
 
     def rewind(owner: str, current: str, history: list, seen: int | None, message: str,
                lang: str) -> tuple[int | None, str]:
@@ -98,21 +102,26 @@ def render(page: Page) -> PageChat:
             text = stored[keep].content  # a retry, or an edit that changed nothing
         return keep, text
 
-    def respond(message, history, owner, current, told, seen, settings, request: gr.Request):
-        """Yields (reply, current, conversation list, status, told, seen, box, System panel):
-        the last one gives the box its placeholder back (ChatInterface empties it as a message
-        is sent) and the System panel the reply's figures."""
-        last = None
+    def respond(message, history, owner, current, told, seen, settings, files,
+                request: gr.Request):
+        """Yields (reply, current, conversation list, status, told, seen, box, System panel,
+        attached files, their line, their ✕): the first takes the files (they go with this message),
+        the last gives the box its placeholder back (ChatInterface empties it as a message is
+        sent) and the System panel the reply's figures."""
+        last, sent = None, (gr.skip(),) * 3
+        if files:
+            sent = ([], "", gr.update(visible=False))
         # Closed at once with this generator (Stop, a closed tab): the reply then ends too.
         with contextlib.closing(replying(message, history, owner, current, told, seen,
-                                         settings, request)) as updates:
+                                         settings, files, request)) as updates:
             for last in updates:
-                yield (*last, gr.skip(), gr.skip())
+                yield (*last, gr.skip(), gr.skip(), *sent)
+                sent = (gr.skip(),) * 3
         if last is not None:
             yield (*last[:2], gr.skip(), *last[3:], gr.update(placeholder=t("message_placeholder")),
-                   system_text(service, lang_of(request)))
+                   system_text(service, lang_of(request)), *sent)
 
-    def replying(message, history, owner, current, told, seen, settings, request):
+    def replying(message, history, owner, current, told, seen, settings, files, request):
         """The reply's updates: (reply, current, conversation list, status, told, seen)."""
         lang = lang_of(request)
         config, told, notes = page.read_config(told, lang)
@@ -124,7 +133,8 @@ def render(page: Page) -> PageChat:
                       else (None, typed(message) if isinstance(message, Displayed) else message))
         before, seen = seen, len(history) + 2
         updates = service.send(owner, current, text, session=request.session_hash,
-                               config=config, keep=keep, settings=settings or None)
+                               config=config, keep=keep, settings=settings or None,
+                               files=files or None)
         known, told_dropped = current, False
         with contextlib.closing(updates):
             try:
@@ -151,14 +161,44 @@ def render(page: Page) -> PageChat:
                 gr.Warning(i18n.text(lang, "disk_full", detail=str(exc)))
                 yield f"⚠️ {exc}", known, gr.skip(), "", told, seen
 
-    def typing(owner, current, settings, text, request: gr.Request):
-        """The message box changed: prefill what it holds while the user is still typing."""
-        if owner and text:
+    def typing(owner, current, settings, text, files, request: gr.Request):
+        """The message box changed (or a file was attached): prefill what it holds while the
+        user is still typing, its attached short documents first."""
+        if owner and (text or files):
             try:
-                service.draft(owner, current, text, session=request.session_hash,
-                              settings=settings)
+                service.draft(owner, current, text or "", session=request.session_hash,
+                              settings=settings, files=files or None)
             except Exception:  # noqa: BLE001 - only a head start: Send works without it
                 log.exception("Could not prefill the message being typed")
+
+    def attached_line(files: list[str], lang: str) -> str:
+        """What the attached files cost: tokens the model reads, and about how long."""
+        parts = []
+        for path in files:
+            read = service.read_file(path)
+            tokens, seconds = service.reading_cost(read)
+            parts.append(i18n.text(lang, "attached" if read.short else "attached_long",
+                                   name=read.document.name, tokens=f"{tokens:,}",
+                                   total=f"{read.tokens:,}", seconds=f"{max(seconds, 0.1):.1f}"))
+        return "  \n".join(parts)
+
+    def attach(owner, current, settings, text, files, uploads, request: gr.Request):
+        """Files chosen with 📎: read now (one that cannot be is refused, with why), shown with
+        their cost, and prefilled with what is typed, before the message is sent."""
+        lang = lang_of(request)
+        files = list(files or [])
+        for path in uploads or []:
+            try:
+                service.read_file(path)
+            except (DocumentRefused, OSError) as exc:
+                gr.Warning(i18n.text(lang, "attach_refused", reason=exc))
+                continue
+            files.append(path)
+        typing(owner, current, settings, text, files, request)
+        return files, attached_line(files, lang), gr.update(visible=bool(files))
+
+    def forget_files():
+        return [], "", gr.update(visible=False)
 
     def stop(owner, current, request: gr.Request):
         """Stop this tab's reply (it ends within one decode step), then show it as saved:
@@ -181,18 +221,31 @@ def render(page: Page) -> PageChat:
                      max_lines=8, autofocus=True, elem_id="message", submit_btn=t("send"),
                      stop_btn=t("stop"))
     status = gr.Markdown("", elem_id="status", render=False)
+    attached = gr.Markdown("", elem_id="attached", render=False)
+    unattach = gr.Button("✕", size="sm", scale=0, min_width=40, visible=False,
+                         elem_id="unattach", render=False)
     chat = PageChat(
         respond, show_user=show_user, chatbot=chatbot, textbox=box, editable=True,
-        additional_inputs=[page.owner, page.current, page.told, page.seen, page.settings],
+        additional_inputs=[page.owner, page.current, page.told, page.seen, page.settings,
+                           page.files],
         additional_outputs=[page.current, page.conversations, status, page.told, page.seen,
-                            box, page.system_box],
+                            box, page.system_box, page.files, attached, unattach],
         validator=too_long, concurrency_limit=service.engine.max_batch, api_name="page_reply",
         api_visibility="private", fill_height=False, show_progress="hidden")
+    with gr.Row(elem_id="attach-row"):
+        attach_btn = gr.UploadButton("📎 " + t("attach"), file_count="multiple", type="filepath",
+                                     file_types=sorted(documents.SUFFIXES), size="sm", scale=0,
+                                     elem_id="attach")
+        attached.render()
+        unattach.render()
     status.render()
     page.chatbot, page.history, page.box, page.status = chatbot, chat.chatbot_state, box, status
+    attach_btn.upload(attach, [page.owner, page.current, page.settings, box, page.files, attach_btn],
+                      [page.files, attached, unattach], **private)
+    unattach.click(forget_files, None, [page.files, attached, unattach], **private)
     # Each keystroke hands the draft to the engine, which prefills it while idle (only the
     # latest counts), so Send has little left to prefill. No output, no progress shown.
-    box.input(typing, [page.owner, page.current, page.settings, box], None, queue=False,
+    box.input(typing, [page.owner, page.current, page.settings, box, page.files], None, queue=False,
               trigger_mode="always_last", show_progress="hidden", **private)
     # Stop (ChatInterface cancels the reply's event) also ends the generation at once, through
     # the service, and shows the reply as saved.

@@ -50,6 +50,7 @@ class Page:
     told: gr.State  # the config version this page last told its user about
     seen: gr.State  # how many stored messages of `current` the chat shows (see chat.respond)
     settings: gr.State  # the open chat's own settings (a new chat's, until it is stored)
+    files: gr.State  # files attached to the message being written (paths), until it is sent
     # Set by the builders: the sidebar's list, the chat's components and its reply events.
     conversations: gr.HTML | None = None
     chatbot: gr.Chatbot | None = None
@@ -82,8 +83,15 @@ class Page:
         if not (owner and conversation_id):
             return []
         remote = self.service.config().config.allow_remote_images
-        return [shown(m, lang, remote_images=remote)
-                for m in self.service.messages(owner, conversation_id)]
+        attached = self.service.attachments.of(conversation_id)
+        chat = []
+        for m in self.service.messages(owner, conversation_id):
+            item = shown(m, lang, remote_images=remote)
+            names = [a.name for a in attached.get(m.id, [])]
+            if names and m.role == "user":  # the files it was sent with, above its words
+                item["content"] = f"📎 {' · '.join(names)}\n\n{item['content']}"
+            chat.append(item)
+        return chat
 
     def new_chat(self, owner: str | None, lang: str) -> tuple:
         """Outputs [current, chatbot, history, seen, status, conversation list] for a new,
