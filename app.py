@@ -273,7 +273,14 @@ def main(argv: list[str] | None = None) -> int:
             code = TerminalChat(service, cli_owner(service, data_dir)).run()
             service.shutdown()
             return code
-        demo = build_ui(service, secret=browser_secret(data_dir))
+        from qwen_chat.devices import Devices
+        from qwen_chat.lan import LanListener
+        from qwen_chat.ui.phone import PhoneAccess
+
+        devices = Devices(store)  # phones paired over the local network (off until asked)
+        lan = LanListener(devices)
+        demo = build_ui(service, secret=browser_secret(data_dir),
+                        phone=PhoneAccess(devices, lan, config.port, available=config.local_only))
         with demo:
             add_api(service, concurrency_id=GENERATE)
         demo.queue(default_concurrency_limit=config.max_batch, max_size=config.queue_size)
@@ -287,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
               routers=(health_router(service),
                        openai_router(service, model_id=config.model_id, api_key=config.openai_key,
                                      key_required=not config.local_only,
-                                     queue_size=config.queue_size)))
+                                     queue_size=config.queue_size)),
+              lan=lan)
         shutdown.finish()  # the server ended first (nothing was open): saves, closes, exits
     finally:
         store.close()

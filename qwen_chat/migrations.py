@@ -112,3 +112,14 @@ def m009_attachments(db: sqlite_utils.Database) -> None:
         db.table("attachment_chunks").enable_fts(["text"], tokenize="trigram", create_triggers=True)
     except sqlite3.OperationalError as exc:
         log.warning("No full-text index for attachments (%s): their first excerpts are used.", exc)
+
+
+@migrations()
+def m010_devices(db: sqlite_utils.Database) -> None:
+    """Devices paired over the local network (devices.py): whose conversations each sees, its
+    token's SHA-256, when it was last seen and whether it was revoked."""
+    db.execute("""CREATE TABLE devices (
+        id INTEGER PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, last_seen REAL,
+        revoked_at REAL)""")
+    db.execute("CREATE INDEX devices_owner ON devices (owner)")

@@ -164,11 +164,14 @@ def _poll_less(demo: gr.Blocks) -> None:
 def serve(demo: gr.Blocks, *, host: str, port: int, auth: tuple[str, str] | None,
           auth_message: str, launch_options: dict, on_ready: Callable[[str], None],
           open_browser: bool, api_params: dict[str, int] | None = None,
-          on_stop: Callable[[], None] | None = None, routers: tuple[APIRouter, ...] = ()) -> None:
+          on_stop: Callable[[], None] | None = None, routers: tuple[APIRouter, ...] = (),
+          lan=None) -> None:
     """Serve `demo` until the process is asked to stop (Ctrl+C, SIGTERM). `on_ready(url)` runs
     once it answers, with the address to open in a browser. `on_stop` runs first
     thing on that signal (e.g. ends the replies being generated, so their streams close within
-    the grace period instead of being cut). `routers` are served beside the page (/v1)."""
+    the grace period instead of being cut). `routers` are served beside the page (/v1).
+    `lan` (lan.LanListener) is handed the app and the server's loop once it runs, to serve
+    paired phones on the local network when asked."""
     _poll_less(demo)
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     for router in routers:  # before the page: it is mounted at "/" and would take every path
@@ -185,6 +188,8 @@ def serve(demo: gr.Blocks, *, host: str, port: int, auth: tuple[str, str] | None
         while not server.started and not server.should_exit:
             time.sleep(0.05)
         if server.started:
+            if lan is not None and server.servers:
+                lan.attach(app, server.servers[0].get_loop())
             on_ready(url)
             if open_browser:
                 webbrowser.open(url)

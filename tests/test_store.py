@@ -108,7 +108,7 @@ def test_migrations_upgrade_an_old_schema_and_keep_its_rows(tmp_path):
     applied = [m.name for m in migrations.applied(store.db)]
     assert applied == ["m001_initial", "m002_reply_status_and_figures", "m003_dropped_history",
                        "m004_reply_tokens", "m005_cached_tokens", "m006_pins_and_search",
-                       "m007_chat_settings_and_presets", "m008_import_keys", "m009_attachments"]
+                       "m007_chat_settings_and_presets", "m008_import_keys", "m009_attachments", "m010_devices"]
     store.close()
     Store(path).close()  # a second open applies nothing twice
 

@@ -15,6 +15,7 @@ import gradio as gr
 
 from .. import i18n
 from ..chat import ChatService
+from . import phone as phone_ui
 from . import chat, habits, settings, sidebar, system
 from .common import GENERATE, Page, lang_of, tell
 
@@ -24,13 +25,15 @@ CSS = """
 #title h1, #title p { font-size: 1.6em; font-weight: 700; margin: 0; }
 #status { min-height: 1.5em; opacity: .75; font-size: .9em; }
 #attached { font-size: .9em; }
+.phone-qr { text-align: center; } .phone-digits { font-size: 1.4em; letter-spacing: .15em; }
+.phone-link code { word-break: break-all; font-size: .8em; }
 #attach-row { align-items: center; gap: .5em; }
 #model-status { padding: .5em .8em; border-radius: 8px; background: var(--color-accent-soft); }
 #chatbot .message-row.found .message { outline: 2px solid var(--color-accent); }
 """
 
 
-def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
+def build_ui(service: ChatService, *, secret: str, phone: phone_ui.PhoneAccess | None = None) -> gr.Blocks:
     with gr.Blocks(title="Qwen Chat", analytics_enabled=False) as demo:
         page = Page(service, gr.I18n(**i18n.TRANSLATIONS),
                     owner=gr.BrowserState(None, storage_key="qwen_chat_owner", secret=secret),
@@ -38,6 +41,8 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
                     settings=gr.State({}), files=gr.State([]))
         with gr.Sidebar(open=True):
             side = sidebar.render(page)
+            if phone is not None:
+                phone_ui.render(page, phone)
             panel = system.render_panel(page)
         with gr.Row(elem_id="header"):
             gr.Markdown(page.t("title"), elem_id="title")
@@ -54,7 +59,9 @@ def build_ui(service: ChatService, *, secret: str) -> gr.Blocks:
             lang = lang_of(request)
             _, told, notes = page.read_config(told, lang)  # a page opened after a bad save
             tell(notes)
-            owner = owner or secrets.token_hex(16)
+            # A paired phone sees the conversations of the browser that paired it.
+            owner = (phone.owner_of(request) if phone is not None else None) or owner \
+                or secrets.token_hex(16)
             convs = service.conversations(owner)
             current = convs[0].id if convs else None
             return (owner, page.listing(owner, current, lang), current,
