@@ -75,8 +75,20 @@ def finished_replies(db_path: Path, count: int) -> list[dict]:
 def open_app(context, url: str):
     """Open the page and wait until it has loaded this browser's identity and conversations."""
     page = context.new_page()
+    trouble: list[str] = []  # what the page met, for the message if it does not load
+    page.on("console", lambda m: m.type == "error" and trouble.append(f"console: {m.text}"))
+    page.on("requestfailed", lambda r: trouble.append(f"failed: {r.url} {r.failure}"))
+    page.on("crash", lambda _: trouble.append("the page crashed"))
     page.goto(url, timeout=60_000)
-    page.locator("#message textarea").wait_for(timeout=60_000)
+    try:
+        page.locator("#message textarea").wait_for(timeout=60_000)
+    except Exception as exc:  # say what the page showed instead: a screenshot and its text
+        SHOTS.mkdir(exist_ok=True)
+        shot = SHOTS / f"open-app-failed-{time.strftime('%H%M%S')}.png"
+        page.screenshot(path=shot)
+        text = page.evaluate("() => document.body ? document.body.innerText : ''")[:1500]
+        raise AssertionError(f"the page at {url} showed no message box within 60 s; "
+                             f"screenshot {shot}; its text: {text!r}; {trouble[-10:]}") from exc
     # The owner id lands in localStorage with the result of the page's load event.
     page.wait_for_function("() => !!localStorage.getItem('qwen_chat_owner')", timeout=60_000)
     return page
