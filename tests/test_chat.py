@@ -10,6 +10,7 @@ import time
 import pytest
 
 from qwen_chat import chat as chat_module
+from qwen_chat import replying
 from qwen_chat import context
 from qwen_chat.chat import ChatService, title_from
 from qwen_chat.config import ConfigWatcher, load_config
@@ -76,7 +77,7 @@ def test_the_user_message_is_committed_before_generation_starts(setup):
 def test_the_reply_is_committed_while_it_streams(setup, monkeypatch):
     service, config_path = setup
     write_config(config_path, CONFIG.format(n=400))
-    monkeypatch.setattr(chat_module, "SAVE_INTERVAL", 0.0)
+    monkeypatch.setattr(replying, "SAVE_INTERVAL", 0.0)
     updates = service.send(OWNER, None, "stream please")
     seen_on_disk = []
     for update in updates:

@@ -1,7 +1,7 @@
 """Messages being typed, prefilled while no reply needs the CPU: the Engine's part that does it.
 
 The page sends each keystroke's draft (only the latest of a conversation is kept); the
-scheduler (local.py) prefills it between replies, DRAFT_CHUNK tokens a pass, into that
+scheduler (scheduler.py) prefills it between replies, DRAFT_CHUNK tokens a pass, into that
 conversation's KV cache, so that Send only prefills what was typed since and the assistant's
 header: a first token in about one decode step, at any turn. A reply that arrives goes first:
 a draft delays it by at most one pass.

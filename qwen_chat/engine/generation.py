@@ -1,6 +1,6 @@
 """One reply of the local engine (`Generation`) and its incremental detokenizer (`Streamer`).
 
-The scheduler (local.py) adds each new token with `add_token` and ends the reply with `finish`;
+The scheduler (scheduler.py) adds each new token with `add_token` and ends the reply with `finish`;
 the front end iterates the text pieces the streamer hands out.
 """
 
