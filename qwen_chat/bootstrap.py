@@ -7,7 +7,8 @@ repository folder; everything else happens here, the same on Linux, macOS and Wi
     python -m qwen_chat.bootstrap --test [pytest args]  set up the test tools too, run pytest
 
 It runs with the system Python before anything is installed, so it imports nothing outside the
-standard library (and nothing from qwen_chat). It never prompts: CI runs it with no stdin.
+standard library but its own part, package_index.py (the package index and its mirrors). It
+never prompts: CI runs it with no stdin.
 """
 
 from __future__ import annotations
@@ -18,22 +19,18 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
+
+from .package_index import (DEFAULT_INDEX, IndexProblem, index_from_pip_config, install_failed,
+                            mirror_hint, probe_index)
 
 REPO = Path(__file__).resolve().parent.parent
 MIN_PYTHON = (3, 10)
 TORCH_VERSION = "2.13.0"
 # PyPI's Linux torch wheels pull multi-GB CUDA libraries; this index has the small CPU build.
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-DEFAULT_INDEX = "https://pypi.org/simple"
-MIRRORS = ("https://pypi.tuna.tsinghua.edu.cn/simple", "https://mirrors.aliyun.com/pypi/simple")
-SLOW_SECONDS = 3.0   # an index that takes longer than this for one small page is "slow"
-PROBE_TIMEOUT = 8.0
 # What --test needs from the system: (the file that shows it is there, its Debian package).
 # The browser tests drive /usr/bin/chromium directly (no "playwright install"); the fonts make
 # Chinese text and emoji in the page (and its screenshots) render as users see them.
@@ -53,13 +50,6 @@ class Plan:
     mode: str                      # "app" or "dev" (--test)
     requirements: tuple[str, ...]  # hashed to decide on a reinstall; the first one is installed
     args: tuple[str, ...]          # for app.py, or for pytest
-
-
-@dataclass(frozen=True)
-class IndexProblem:
-    en: str
-    zh: str
-    unreachable: bool = False
 
 
 def say(text: str) -> None:
@@ -174,18 +164,6 @@ class Pip:
         return index_from_pip_config(done.stdout) if done.returncode == 0 else None
 
 
-def index_from_pip_config(text: str) -> str | None:
-    """`global.index-url='https://…'` (or install.index-url) from `pip config list` output."""
-    found = None
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip().endswith(".index-url"):
-            found = value.strip().strip("'\"")
-            if key.strip().startswith("install."):
-                return found   # the install command's own setting wins over global
-    return found
-
-
 def package_index(env: dict[str, str], pip: Pip) -> tuple[str, str]:
     """(the index pip will use, where that comes from). pip reads PIP_INDEX_URL itself; the
     environment is handed to it unchanged."""
@@ -195,44 +173,6 @@ def package_index(env: dict[str, str], pip: Pip) -> tuple[str, str]:
     if configured:
         return configured, "pip config"
     return DEFAULT_INDEX, "default"
-
-
-def probe_index(url: str, *, timeout: float = PROBE_TIMEOUT, slow: float = SLOW_SECONDS) -> IndexProblem | None:
-    """Ask the index for one small page (pip's own); None when it answers in time."""
-    if not url.startswith(("http://", "https://")):
-        return None   # a local folder or file:// index: nothing to wait for
-    page = url.rstrip("/") + "/pip/"
-    start = time.monotonic()
-    try:
-        with urllib.request.urlopen(urllib.request.Request(page, headers={"Accept": "text/html"}),
-                                    timeout=timeout) as response:
-            response.read(1024)
-    except urllib.error.HTTPError as exc:
-        if exc.code >= 500:
-            return IndexProblem(f"is not working (HTTP {exc.code})", f"无法正常使用（HTTP {exc.code}）")
-    except (OSError, ValueError) as exc:   # URLError, refused, DNS failure, timeout
-        reason = getattr(exc, "reason", exc)
-        return IndexProblem(f"is unreachable ({reason})", f"无法访问（{reason}）", unreachable=True)
-    took = time.monotonic() - start
-    if took > slow:
-        return IndexProblem(f"is slow (it took {took:.1f} s to answer)", f"响应很慢（用时 {took:.1f} 秒）")
-    return None
-
-
-def mirror_hint(index: str, problem: IndexProblem, *, windows: bool = os.name == "nt") -> str:
-    mirror = next(m for m in MIRRORS if m.rstrip("/") != index.rstrip("/"))
-    if windows:
-        how = (f"    set PIP_INDEX_URL={mirror}          (cmd)\n"
-               f"    $env:PIP_INDEX_URL=\"{mirror}\"     (PowerShell)")
-        again = "start.bat"
-    else:
-        how = f"    export PIP_INDEX_URL={mirror}"
-        again = "./start.sh"
-    return (f"The package index {index} {problem.en}.\n"
-            "A mirror is usually much faster (for example in mainland China). Set it, then run "
-            f"{again} again:\n{how}\n"
-            f"软件包索引 {index} {problem.zh}。\n"
-            f"使用镜像通常快得多（例如在中国大陆）。请设置后重新运行 {again}：\n{how}")
 
 
 def installed_version(python: Path, dist: str) -> str | None:
@@ -287,12 +227,6 @@ def install_requirements(plan: Plan, venv: Path, pip: Pip, *, root: Path, env: d
     if plan.mode == "dev":   # requirements-dev.txt includes requirements.txt: the app is installed too
         stamp_path(venv, "app").write_text(requirements_hash(("requirements.txt",), root) + "\n")
     say("Dependencies installed.")
-
-
-def install_failed(index: str, problem: IndexProblem | None) -> str:
-    hint = problem or IndexProblem("may be unreachable or slow from here", "可能无法访问或很慢")
-    return ("Installing the dependencies failed; see the messages above. Check the internet connection.\n"
-            "安装依赖失败，请查看上面的信息并检查网络连接。\n" + mirror_hint(index, hint))
 
 
 def ensure_system_packages(packages: Sequence[tuple[str, str]], *,

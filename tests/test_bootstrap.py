@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from qwen_chat import bootstrap
-from qwen_chat.bootstrap import IndexProblem, Pip, Plan, SetupError
+from qwen_chat import bootstrap, package_index
+from qwen_chat.bootstrap import Pip, Plan, SetupError
+from qwen_chat.package_index import IndexProblem
 
 REPO = Path(__file__).resolve().parent.parent
 TSINGHUA = "https://pypi.tuna.tsinghua.edu.cn/simple"
@@ -61,7 +62,8 @@ def make_app_copy(root: Path) -> Path:
     arguments as JSON and a venv whose stamp matches (so nothing is installed). Returns root."""
     (root / "qwen_chat").mkdir(parents=True)
     (root / "qwen_chat" / "__init__.py").write_text("")
-    shutil.copy(REPO / "qwen_chat" / "bootstrap.py", root / "qwen_chat" / "bootstrap.py")
+    for name in ("bootstrap.py", "package_index.py"):  # the bootstrap and its one part
+        shutil.copy(REPO / "qwen_chat" / name, root / "qwen_chat" / name)
     for name in ("start.sh", "start-cli.sh", "requirements.txt", "requirements-dev.txt"):
         shutil.copy(REPO / name, root / name)
     (root / "app.py").write_text(
@@ -325,56 +327,56 @@ def test_a_failed_install_says_so_and_names_a_mirror(tmp_path, fake_pip, monkeyp
 
 def test_an_index_that_answers_in_time_is_fine(index):
     server = index()
-    assert bootstrap.probe_index(server.url) is None
+    assert package_index.probe_index(server.url) is None
     assert server.paths == ["/simple/pip/"]
 
 
 def test_a_slow_index_is_reported_as_slow(index):
     server = index(delay=0.3)
-    problem = bootstrap.probe_index(server.url, slow=0.1)
+    problem = package_index.probe_index(server.url, slow=0.1)
     assert problem.en.startswith("is slow (it took 0.") and "响应很慢" in problem.zh
     assert not problem.unreachable
 
 
 def test_an_index_that_times_out_or_refuses_is_unreachable(index):
-    problem = bootstrap.probe_index(dead_url())
+    problem = package_index.probe_index(dead_url())
     assert problem.unreachable and problem.en.startswith("is unreachable (") and "无法访问" in problem.zh
     silent = index(delay=1.0)
-    assert bootstrap.probe_index(silent.url, timeout=0.2).unreachable
+    assert package_index.probe_index(silent.url, timeout=0.2).unreachable
 
 
 def test_an_index_answering_with_a_server_error_is_reported(index):
-    problem = bootstrap.probe_index(index(status=503).url)
+    problem = package_index.probe_index(index(status=503).url)
     assert problem.en == "is not working (HTTP 503)"
-    assert bootstrap.probe_index(index(status=404).url) is None   # it answers: a missing page is not slowness
+    assert package_index.probe_index(index(status=404).url) is None   # it answers: a missing page is not slowness
 
 
 def test_a_local_index_is_not_probed(tmp_path):
-    assert bootstrap.probe_index(f"file://{tmp_path}") is None
+    assert package_index.probe_index(f"file://{tmp_path}") is None
 
 
 def test_the_mirror_hint_gives_the_line_to_type_in_english_and_chinese():
     problem = IndexProblem("is unreachable (refused)", "无法访问（refused）", unreachable=True)
-    posix = bootstrap.mirror_hint("https://pypi.org/simple", problem, windows=False)
+    posix = package_index.mirror_hint("https://pypi.org/simple", problem, windows=False)
     assert "The package index https://pypi.org/simple is unreachable (refused)." in posix
     assert f"    export PIP_INDEX_URL={TSINGHUA}\n" in posix and "./start.sh again" in posix
     assert "软件包索引 https://pypi.org/simple 无法访问（refused）。" in posix
     assert "请设置后重新运行 ./start.sh" in posix
-    windows = bootstrap.mirror_hint("https://pypi.org/simple", problem, windows=True)
+    windows = package_index.mirror_hint("https://pypi.org/simple", problem, windows=True)
     assert f"set PIP_INDEX_URL={TSINGHUA}" in windows
     assert f'$env:PIP_INDEX_URL="{TSINGHUA}"' in windows and "start.bat" in windows
     # Already on that mirror: offer the other one.
-    other = bootstrap.mirror_hint(TSINGHUA + "/", problem, windows=False)
+    other = package_index.mirror_hint(TSINGHUA + "/", problem, windows=False)
     assert "export PIP_INDEX_URL=https://mirrors.aliyun.com/pypi/simple" in other
 
 
 def test_pip_config_index_url_is_read():
-    assert bootstrap.index_from_pip_config(
+    assert package_index.index_from_pip_config(
         "global.cert='/etc/ssl/ca.crt'\nglobal.extra-index-url='file:///opt/pypi/simple'\n"
         "global.index-url='https://mirror.example/simple'\n") == "https://mirror.example/simple"
-    assert bootstrap.index_from_pip_config(
+    assert package_index.index_from_pip_config(
         "install.index-url='https://a/simple'\nglobal.index-url='https://b/simple'\n") == "https://a/simple"
-    assert bootstrap.index_from_pip_config("global.find-links='/opt/wheels'\n") is None
+    assert package_index.index_from_pip_config("global.find-links='/opt/wheels'\n") is None
 
 
 def test_unreachable_index_prints_the_mirror_hint_and_still_installs(tmp_path, fake_pip, monkeypatch, capsys):
