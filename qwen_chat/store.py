@@ -243,18 +243,21 @@ class Store:
                     status: str = COMPLETE, replacing_from: int | None = None) -> Message:
         """Insert and commit a message (and bump its conversation to the top of the list).
         `replacing_from`: a message id; it and every later message of the conversation are
-        deleted in the same transaction (an edited message replaces the turns after it)."""
+        deleted in the same transaction (an edited message replaces the turns after it), the
+        files attached to that one going with the new message (an edit or retry keeps them)."""
         now = time.time()
         row = dict(conversation_id=conversation_id, role=role, content=content,
                    created_at=now, updated_at=now, status=status)
         def insert() -> int:
             with self.db.atomic():  # rolled back whole if it fails: a retry never doubles it
-                if replacing_from is not None:
-                    self.db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
-                                    [conversation_id, replacing_from])
                 table = self.db.table("messages")
                 table.insert(row)
                 message_id = table.last_rowid
+                if replacing_from is not None:
+                    self.db.execute("UPDATE attachments SET message_id = ? WHERE message_id = ?",
+                                    [message_id, replacing_from])
+                    self.db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ? "
+                                    "AND id != ?", [conversation_id, replacing_from, message_id])
                 self.db.table("conversations").update(conversation_id, {"updated_at": now})
             return message_id
         return Message(id=self._write(insert), **row)

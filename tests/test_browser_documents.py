@@ -6,6 +6,8 @@ and the files stay with their messages after a reload."""
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 
 import pytest
 
@@ -42,6 +44,8 @@ def test_a_pdf_question_is_answered_with_its_page_cited(browser, app_servers, gg
                                             r"reads the [\d,]+ that best match it, about [\d.]+ s"))
     page.screenshot(path=SHOTS / "browser-document-attached.png")
     send(page, "How many ships did the lighthouse keeper count?")
+    users = page.locator('#chatbot [data-testid="user"]')
+    expect(users.first).to_contain_text("📎 harbour-report.pdf")  # at once, as it is sent
     [reply] = finished_replies(server.db_path, 1)
     assert reply["content"].rsplit("\n\n", 1)[-1].startswith("Sources: harbour-report.pdf p. 17")
     expect(page.locator('#chatbot [data-testid="bot"]').last).to_contain_text("Sources: harbour-report.pdf p. 17")
@@ -56,9 +60,24 @@ def test_a_pdf_question_is_answered_with_its_page_cited(browser, app_servers, gg
     send(page, "What is the capital of France?")
     replies = finished_replies(server.db_path, 2)
     assert "Paris" in replies[-1]["content"] and "Sources:" not in replies[-1]["content"]
+    retried = replies[-1]["id"]
 
+    expect(users.last).to_contain_text("📎 capital.txt")
+    # A retry asks again with the same file: still named above the question, still read.
+    page.locator('#chatbot button[aria-label="Retry"]').click()
+    expect(users.last).to_have_text(re.compile(r"📎 capital\.txt\s+What is the capital of France\?"))
+    deadline = time.monotonic() + 120
+    while len(replies := finished_replies(server.db_path, 2)) < 2 or replies[-1]["id"] == retried:
+        assert time.monotonic() < deadline, replies
+        time.sleep(0.5)
+    assert "Paris" in replies[-1]["content"]
+    db = sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True)
+    try:  # the file went with the question asked again
+        assert db.execute("SELECT a.name FROM attachments a JOIN messages m ON m.id = a.message_id "
+                          "ORDER BY m.id").fetchall() == [("harbour-report.pdf",), ("capital.txt",)]
+    finally:
+        db.close()
     page.reload()  # the files stay with their messages
-    users = page.locator('#chatbot [data-testid="user"]')
     expect(users.first).to_contain_text("📎 harbour-report.pdf")
     expect(users.last).to_contain_text("📎 capital.txt")
 

@@ -181,6 +181,30 @@ def test_a_chinese_question_finds_its_excerpt(service, tmp_path, monkeypatch):
     assert "Sources: 游记.txt lines 121-240" in final.text
 
 
+def test_an_edited_or_retried_message_keeps_its_documents(service, tmp_path):
+    note = tmp_path / "note.md"
+    note.write_text("The list says: tea, rice, 青菜.", encoding="utf-8")
+    final = list(service.send(OWNER, None, "What is on the list?", files=[str(note)]))[-1]
+    cid = final.conversation.id
+    list(service.send(OWNER, cid, "Thanks."))
+    list(service.send(OWNER, cid, "What is on the list, in order?", keep=0))  # an edit
+    stored = service.messages(OWNER, cid)
+    assert [m.content for m in stored if m.role == "user"] == ["What is on the list, in order?"]
+    assert [[a.name for a in v] for v in service.attachments.of(cid).values()] == [["note.md"]]
+    assert list(service.attachments.of(cid)) == [stored[0].id]
+    assert prompt_of(service, cid).messages[-1]["content"].startswith('<document name="note.md">')
+    list(service.send(OWNER, cid, "What is on the list, in order?", keep=0))  # a retry
+    stored = service.messages(OWNER, cid)
+    assert len(stored) == 2 and list(service.attachments.of(cid)) == [stored[0].id]
+    db = sqlite3.connect(service.store.path)
+    try:  # one copy of the file, its search index with it
+        assert db.execute("SELECT COUNT(*) FROM attachments").fetchone() == (1,)
+        assert db.execute("SELECT COUNT(*) FROM attachment_chunks_fts WHERE attachment_chunks_fts "
+                          "MATCH '\"rice\"'").fetchone() == (1,)
+    finally:
+        db.close()
+
+
 def test_deleting_the_conversation_deletes_its_documents(service, tmp_path):
     note = tmp_path / "n.txt"
     note.write_text("lighthouse " * 50, encoding="utf-8")

@@ -27,6 +27,14 @@ def lang_of(request: gr.Request | None) -> str:
     return i18n.language(headers.get("accept-language"))
 
 
+FILES_MARK, FILES_SEPARATOR = "📎 ", " · "
+
+
+def with_files(shown_text: str, names: list[str]) -> str:
+    """A user bubble sent with files: their names above its words (as sent, and reopened)."""
+    return f"{FILES_MARK}{FILES_SEPARATOR.join(names)}\n\n{shown_text}"
+
+
 def status_line(update: ReplyUpdate, lang: str) -> str:
     if update.loading is not None:
         return i18n.loading(lang, update.loading)
@@ -89,7 +97,7 @@ class Page:
             item = shown(m, lang, remote_images=remote)
             names = [a.name for a in attached.get(m.id, [])]
             if names and m.role == "user":  # the files it was sent with, above its words
-                item["content"] = f"📎 {' · '.join(names)}\n\n{item['content']}"
+                item["content"] = with_files(item["content"], names)
             chat.append(item)
         return chat
 
