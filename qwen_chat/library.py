@@ -43,6 +43,10 @@ class Library:
     def conversations(self, owner: str) -> list[Conversation]:
         return self.store.list_conversations(owner)
 
+    def changes(self) -> tuple[int, int]:
+        """Changes whenever the history does (any owner's, any process's): see Store.changes."""
+        return self.store.changes()
+
     def exists(self, owner: str, conversation_id: str) -> bool:
         try:
             self.store.get_conversation(owner, conversation_id)

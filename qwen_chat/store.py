@@ -118,12 +118,19 @@ class Store:
         self._lock = threading.RLock()
         self._closed = False
         self.busy_since: float | None = None  # a write has been waiting for a lock since then
+        self._writes = 0  # transactions committed through this store (see changes)
 
         def repair() -> None:
             migrations.apply(self.db)
             self.db.execute("UPDATE messages SET status = ? WHERE status = ?",
                             [INTERRUPTED, STREAMING])
         self._write(repair)
+
+    def changes(self) -> tuple[int, int]:
+        """A value that changes whenever the file does: (commits through this store, SQLite's
+        data_version, which changes with commits of other connections: the terminal chat)."""
+        with self._lock:
+            return self._writes, self.db.execute("PRAGMA data_version").fetchone()[0]
 
     def _write(self, write, *, wait_s: float = LOCK_WAIT_S):
         """Run `write()` (one transaction) under the lock; while another program holds the
@@ -134,6 +141,7 @@ class Store:
             try:
                 with self._lock:
                     result = write()
+                    self._writes += 1
                 if self.busy_since is not None:
                     self.busy_since = None
                     log.warning("Saved: the history file %s is free again.", self.path)

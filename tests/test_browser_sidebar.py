@@ -13,7 +13,7 @@ import pytest
 
 from tests.server import app_servers  # noqa: F401 - fixture
 from tests.test_browser import SHOTS, browser, menu, open_app, send  # noqa: F401 - a fixture
-from tests.test_browser_edit import settled
+from tests.test_browser_edit import settled, stored
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -52,6 +52,10 @@ def test_find_and_organise(browser, app_servers, tiny_dir):
     send(page, "Hello today")
     # Esc stops the reply (2,000 tokens would take a while): saved as stopped.
     page.locator("#message .stop-button").wait_for()
+    deadline = time.monotonic() + 90  # the reply has started (Esc before that cancels the send)
+    while [r["role"] for r in stored(server.db_path)] != ["user", "assistant"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     page.keyboard.press("Escape")
     [question, reply] = settled(server.db_path, 2)
     assert reply["status"] == "stopped"

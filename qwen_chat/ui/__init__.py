@@ -1,7 +1,7 @@
 """The web page: Gradio Blocks over the chat service, no SQL and no model code here. Built from
 small builders, each making its components and wiring its own events: the sidebar
 (conversations), the chat (ChatInterface), the chat's settings and presets, the system banner
-and panel.
+and panel, and the page kept live with changes made elsewhere (live.py).
 
 Each browser gets a stable anonymous owner id kept in gr.BrowserState (encrypted with a secret
 from the data folder, so it survives restarts); every call to the service is scoped to it.
@@ -16,7 +16,7 @@ import gradio as gr
 from .. import i18n
 from ..chat import ChatService
 from . import phone as phone_ui
-from . import chat, habits, settings, sidebar, system
+from . import chat, habits, live, settings, sidebar, system
 from .common import GENERATE, Page, lang_of, tell
 
 __all__ = ["GENERATE", "build_ui", "launch_options"]
@@ -51,6 +51,7 @@ def build_ui(service: ChatService, *, secret: str, phone: phone_ui.PhoneAccess |
         banner, poll = system.render_banner(page)
         chat.render(page)
         chat_settings = settings.render(page)
+        live_timer, synced = live.render()
         switched = sidebar.wire(page, side)
         system.wire(page, demo, panel, banner, poll)
 
@@ -72,6 +73,7 @@ def build_ui(service: ChatService, *, secret: str, phone: phone_ui.PhoneAccess |
             [page.owner, page.conversations, page.current, page.chatbot, page.history,
              page.seen, page.status, page.told], **page.private))
         settings.wire(page, chat_settings, switched)
+        live.wire(page, live_timer, synced, side.search)  # what other tabs, a phone, the terminal change
     return demo
 
 

@@ -3,9 +3,12 @@ config.yaml once per message, and the view of a conversation. No components are 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import gradio as gr
+from gradio.context import LocalContext
 
 from .. import i18n
 from ..chat import ChatService, ReplyUpdate, config_warnings
@@ -20,6 +23,11 @@ LATEX = [
     {"left": "\\(", "right": "\\)", "display": False},
 ]
 GENERATE = "generate"  # one concurrency group: as many replies as the engine batches
+MAX_TABS = 1000  # tabs whose list is remembered (Page.listing), the oldest forgotten first
+
+
+def digest(value) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def lang_of(request: gr.Request | None) -> str:
@@ -67,6 +75,7 @@ class Page:
     status: gr.Markdown | None = None
     system_box: gr.Markdown | None = None
     replies: list = field(default_factory=list)  # the events that stream a reply (to cancel)
+    _lists: dict = field(default_factory=dict)  # tab (session) -> digest of its list's value
 
     @property
     def private(self) -> dict:
@@ -83,8 +92,28 @@ class Page:
 
     # Reads the builders share ----------------------------------------------------------------
     def listing(self, owner: str | None, current: str | None, lang: str) -> dict:
-        """The sidebar list's value: this owner's conversations, `current` selected."""
+        """The sidebar list's value: this owner's conversations, `current` selected. What each
+        tab was last handed is remembered (see shows_list)."""
+        return self.handed(self.list_value(owner, current, lang))
+
+    def list_value(self, owner: str | None, current: str | None, lang: str) -> dict:
         return listing.listing(self.service.conversations(owner) if owner else [], current, lang)
+
+    def handed(self, value: dict) -> dict:
+        """Remember `value` as the list the tab of the event being handled is handed."""
+        # The tab is the running event's (Gradio's own context of the event).
+        session = getattr(LocalContext.request.get(None), "session_hash", None)
+        if session:
+            self._lists.pop(session, None)
+            self._lists[session] = digest(value)
+            while len(self._lists) > MAX_TABS:
+                self._lists.pop(next(iter(self._lists)))
+        return value
+
+    def shows_list(self, session: str, value: dict) -> bool:
+        """Whether the tab was last handed this very list (live.py sends only a different one:
+        a list sent again closes a row's open menu)."""
+        return self._lists.get(session) == digest(value)
 
     def chat_of(self, owner: str | None, conversation_id: str | None, lang: str) -> list[dict]:
         """The conversation as the chat shows it (NotFound if it is gone)."""

@@ -1,0 +1,62 @@
+"""The page kept up to date with what changes elsewhere: another tab, a paired phone, the
+terminal chat. The same conversations, live, wherever they are open.
+
+Every LIVE_INTERVAL seconds each page asks whether the history changed at all (Store.changes: a
+counter and SQLite's data_version, no query of the conversations). Only then does it read its
+list and its open conversation, and send what differs from what it shows: the list when it is
+not the one this tab was last handed (Page.handed; not while it shows search results), the open
+chat when it has more or fewer messages than the page shows, or a reply is being written into
+it by another tab or device (it grows here as it is saved, about once a second). A page that is
+sending a message itself is left alone: its own reply streams into it.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..errors import NotFound
+from ..store import STREAMING
+from .common import Page, lang_of
+
+LIVE_INTERVAL = 2.0  # seconds between two looks at the history
+
+
+def render() -> tuple[gr.Timer, gr.State]:
+    """The timer, and what this page last synced: {"changes", "streaming"}."""
+    return gr.Timer(LIVE_INTERVAL), gr.State({})
+
+
+def wire(page: Page, timer: gr.Timer, synced: gr.State, search: gr.Textbox) -> None:
+    service = page.service
+    outputs = [page.conversations, page.current, page.chatbot, page.history, page.seen, synced]
+
+    def tick(owner, current, seen, last, query, request: gr.Request):
+        unchanged = (gr.skip(),) * 5
+        last = dict(last or {})
+        if not owner or service.sending(request.session_hash):
+            return (*unchanged, gr.skip())
+        changes = list(service.changes())
+        if changes == last.get("changes") and not last.get("streaming"):
+            return (*unchanged, gr.skip())
+        lang = lang_of(request)
+        chat = (gr.skip(),) * 4
+        streaming = False
+        if current:
+            try:
+                stored = service.messages(owner, current)
+            except NotFound:  # deleted elsewhere: a new, empty chat
+                current = None
+                chat = (None, *page.shows([]))
+            else:
+                streaming = bool(stored) and stored[-1].status == STREAMING
+                if len(stored) != seen or streaming or last.get("streaming"):
+                    chat = (current, *page.shows(page.chat_of(owner, current, lang)))
+        shown_list = gr.skip()
+        if not (query or "").strip():  # search results stay as they are
+            value = page.list_value(owner, current, lang)
+            if not page.shows_list(request.session_hash, value):
+                shown_list = page.handed(value)
+        return (shown_list, *chat, {"changes": changes, "streaming": streaming})
+
+    timer.tick(tick, [page.owner, page.current, page.seen, synced, search], outputs,
+               queue=False, show_progress="hidden", **page.private)
