@@ -27,7 +27,7 @@ from .errors import MessageTooLong, ModelNotLoaded, NotFound
 from .library import Library, title_from
 from .reading import Reading
 from .replying import ReplyUpdate, Replying, wait_for_model  # noqa: F401 - for the front ends
-from .store import Message, Store
+from .store import STOPPED, Message, Store
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,18 @@ class ChatService(Library, Reading, Replying):
             message = self.store.add_message(conversation.id, "user", text, replacing_from=replacing)
             self.store_files(conversation.id, message.id, files)
             yield from self._reply(owner, conversation, session, config, base)
+
+    def keep_unanswered(self, owner: str, conversation_id: str | None, text: str, *,
+                        settings: dict | None = None, files: list[str] | None = None) -> str:
+        """A message stopped before its reply began (it waited for room in the batch): stored
+        as sent, with its files and an empty reply marked stopped, so that nothing typed is
+        lost. Returns its conversation's id (a new one if None is given)."""
+        conversation = (self.store.get_conversation(owner, conversation_id) if conversation_id
+                        else self.store.create_conversation(owner, title_from(text), settings=settings))
+        message = self.store.add_message(conversation.id, "user", text)
+        self.store_files(conversation.id, message.id, files)
+        self.store.add_message(conversation.id, "assistant", "", status=STOPPED)
+        return conversation.id
 
     @contextlib.contextmanager
     def _in_flight(self, session: str | None) -> Iterator[None]:

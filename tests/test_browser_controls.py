@@ -119,3 +119,49 @@ def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
     zh = open_app(browser.new_context(locale="zh-CN"), server.url)
     expect(zh.locator("#new-chat")).to_have_text("+ 新对话")
     expect(zh.locator("#message .submit-button")).to_have_text("发送")
+
+
+def test_a_message_stopped_while_it_waits_for_its_turn_is_kept(browser, app_servers, gguf_path,
+                                                                tmp_path):
+    """With one reply at a time (max_batch: 1), a message sent while another browser's reply
+    runs waits for its turn; Stop then must not lose it: it is stored as sent, with its
+    attached file and an empty reply marked stopped, and is there after a reload."""
+    from playwright.sync_api import expect
+
+    from tests.test_browser_documents import attach
+
+    expect.set_options(timeout=60_000)
+    server = app_servers(model=gguf_path, extra_config={"max_new_tokens": MAX_TOKENS,
+                                                        "temperature": 0.7, "max_batch": 1})
+    busy = open_app(browser.new_context(), server.url)
+    send(busy, "Write a very long story about a brave dragon and a clever knight.")
+    wait_for(lambda: [r for r in replies(server.db_path) if r["status"] == "streaming"])
+
+    page = open_app(browser.new_context(), server.url)
+    note = tmp_path / "waiting-note.txt"
+    note.write_text("The meeting is on Tuesday.", encoding="utf-8")
+    attach(page, note)
+    expect(page.locator("#attached")).to_contain_text("waiting-note.txt")
+    send(page, "Keep me, please 请保留")
+    users = page.locator('#chatbot [data-testid="user"]')
+    expect(users).to_have_count(1)
+    time.sleep(1.0)  # its turn has not come: the other reply holds the one place
+    assert len(replies(server.db_path)) == 1
+    page.locator("#message .stop-button").click()
+
+    def kept():
+        with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True, timeout=10) as conn:
+            return conn.execute(
+                "SELECT u.content, r.status, a.name FROM messages u "
+                "JOIN messages r ON r.conversation_id = u.conversation_id AND r.id > u.id "
+                "LEFT JOIN attachments a ON a.message_id = u.id "
+                "WHERE u.content = 'Keep me, please 请保留'").fetchall()
+    assert wait_for(kept, timeout=30) == [("Keep me, please 请保留", "stopped", "waiting-note.txt")]
+    expect(page.locator("#attached")).to_have_text("")  # the file went with the message
+    expect(page.locator("#conversations .row")).to_have_count(1)
+    page.reload()
+    page.locator("#message textarea").wait_for(timeout=60_000)
+    expect(users).to_have_count(1)
+    expect(users.first).to_contain_text("Keep me, please 请保留")
+    expect(users.first).to_contain_text("📎 waiting-note.txt")
+    busy.locator("#message .stop-button").click()

@@ -236,18 +236,36 @@ def render(page: Page) -> PageChat:
     def forget_files():
         return [], "", gr.update(visible=False)
 
-    def stop(owner, current, request: gr.Request):
+    def unsent(owner, current, shown_chat, seen) -> bool:
+        """Whether the chat shows one user message more than is stored: sent, then stopped
+        while it waited for room in the batch (its reply never began)."""
+        if not shown_chat or shown_chat[-1].get("role") != "user" or len(shown_chat) != seen + 1:
+            return False
+        return len(service.messages(owner, current) if current else []) == seen
+
+    def stop(owner, current, text, shown_chat, seen, settings, files, request: gr.Request):
         """Stop this tab's reply (it ends within one decode step), then show it as saved:
-        marked "stopped". (ChatInterface's cancel of the event may have ended it first.)"""
-        conversation_id = service.stop(request.session_hash) or current
+        marked "stopped". (ChatInterface's cancel of the event may have ended it first.) A
+        message stopped before its reply began is stored as sent, with its files: nothing
+        typed is lost."""
+        session, lang = request.session_hash, lang_of(request)
+        conversation_id = service.stop(session) or current
         placeholder = gr.update(placeholder=t("message_placeholder"), interactive=True)
-        if not conversation_id:
-            return gr.skip(), gr.skip(), gr.skip(), placeholder
-        service.wait_saved(owner, conversation_id)
+        files_out = (gr.skip(),) * 3
+        listing = gr.skip()
         try:
-            return *page.shows(page.chat_of(owner, conversation_id, lang_of(request))), placeholder
+            if text and not service.sending(session) and unsent(owner, current, shown_chat, seen):
+                conversation_id = service.keep_unanswered(
+                    owner, current, str(text), settings=settings or None, files=files or None)
+                files_out = ([], "", gr.update(visible=False))  # they went with the message
+                listing = page.listing(owner, conversation_id, lang)
+            if not conversation_id:
+                return (gr.skip(),) * 4 + (placeholder, listing, *files_out)
+            service.wait_saved(owner, conversation_id)
+            return (conversation_id, *page.shows(page.chat_of(owner, conversation_id, lang)),
+                    placeholder, listing, *files_out)
         except NotFound:
-            return gr.skip(), gr.skip(), gr.skip(), placeholder
+            return (gr.skip(),) * 4 + (placeholder, listing, *files_out)
 
     private = page.private
     chatbot = gr.Chatbot(elem_id="chatbot", height=520, latex_delimiters=LATEX,
@@ -285,8 +303,11 @@ def render(page: Page) -> PageChat:
               trigger_mode="always_last", show_progress="hidden", **private)
     # Stop (ChatInterface cancels the reply's event) also ends the generation at once, through
     # the service, and shows the reply as saved.
-    box.stop(stop, [page.owner, page.current], [chatbot, chat.chatbot_state, page.seen, box],
-             queue=False, **private)
+    stop_inputs = [page.owner, page.current, chat.saved_input, chatbot, page.seen, page.settings,
+                   page.files]
+    stop_outputs = [page.current, chatbot, chat.chatbot_state, page.seen, box, page.conversations,
+                    page.files, attached, unattach]
+    box.stop(stop, stop_inputs, stop_outputs, queue=False, **private)
     # The events that stream a reply (a message sent, retried, edited): replies of the page
     # and of scripts (/chat) share the engine's batch, and leaving a conversation cancels them.
     replies = [fn for fn in get_blocks_context().fns.values() if fn.name == "_submit_fn"]
@@ -297,6 +318,5 @@ def render(page: Page) -> PageChat:
     # Esc stops a reply also where ChatInterface shows no Stop button (the reply to an edited
     # message): habits.py clicks this hidden one then.
     stop_key = gr.Button("stop", elem_id="stop-reply", elem_classes=["hidden-control"])
-    stop_key.click(stop, [page.owner, page.current], [chatbot, chat.chatbot_state, page.seen, box],
-                   cancels=page.replies, **private)
+    stop_key.click(stop, stop_inputs, stop_outputs, cancels=page.replies, **private)
     return chat
