@@ -123,3 +123,10 @@ def m010_devices(db: sqlite_utils.Database) -> None:
         token_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, last_seen REAL,
         revoked_at REAL)""")
     db.execute("CREATE INDEX devices_owner ON devices (owner)")
+
+
+@migrations()
+def m011_message_writer(db: sqlite_utils.Database) -> None:
+    """The process writing a streaming reply (its pid): a store opened by another process (the
+    terminal chat beside the page) leaves that reply streaming while its writer lives."""
+    db.execute("ALTER TABLE messages ADD COLUMN writer INTEGER")

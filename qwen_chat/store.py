@@ -17,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import secrets
 import shutil
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import psutil
 import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
@@ -96,6 +98,11 @@ def _row_to(cls, row: dict):
     return cls(**{k: v for k, v in row.items() if k in names})
 
 
+def _writing(pid: int | None) -> bool:
+    """Whether the process `pid` (a streaming reply's writer) is another one still running."""
+    return pid is not None and pid != os.getpid() and psutil.pid_exists(pid)
+
+
 def connect(path: Path) -> sqlite_utils.Database:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,8 +129,15 @@ class Store:
 
         def repair() -> None:
             migrations.apply(self.db)
-            self.db.execute("UPDATE messages SET status = ? WHERE status = ?",
-                            [INTERRUPTED, STREAMING])
+            # Replies left streaming by a process that is gone (a crash, a kill) are marked
+            # interrupted; those another running process is writing (the page, while the
+            # terminal chat opens the file) are left to it.
+            ended = [row[0] for row in self.db.execute(
+                         "SELECT id, writer FROM messages WHERE status = ?", [STREAMING])
+                     if not _writing(row[1])]
+            for message_id in ended:
+                self.db.execute("UPDATE messages SET status = ? WHERE id = ?",
+                                [INTERRUPTED, message_id])
         self._write(repair)
 
     def changes(self) -> tuple[int, int]:
@@ -255,7 +269,8 @@ class Store:
         files attached to that one going with the new message (an edit or retry keeps them)."""
         now = time.time()
         row = dict(conversation_id=conversation_id, role=role, content=content,
-                   created_at=now, updated_at=now, status=status)
+                   created_at=now, updated_at=now, status=status,
+                   writer=os.getpid() if status == STREAMING else None)
         def insert() -> int:
             with self.db.atomic():  # rolled back whole if it fails: a retry never doubles it
                 table = self.db.table("messages")
@@ -268,7 +283,7 @@ class Store:
                                     "AND id != ?", [conversation_id, replacing_from, message_id])
                 self.db.table("conversations").update(conversation_id, {"updated_at": now})
             return message_id
-        return Message(id=self._write(insert), **row)
+        return _row_to(Message, {**row, "id": self._write(insert)})
 
     def update_message(self, message_id: int, *, wait_s: float = LOCK_WAIT_S, **changes) -> None:
         """Commit new content, status or figures of a message (used while a reply streams).

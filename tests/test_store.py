@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import sqlite_utils
@@ -87,6 +90,29 @@ def test_a_reply_cut_by_a_crash_is_marked_interrupted_on_open(tmp_path):
     reopened.close()
 
 
+def test_a_reply_another_running_process_writes_stays_streaming(tmp_path):
+    """The terminal chat opening the file beside the page leaves the page's reply alone; once
+    its writer is gone (killed), the next open marks it interrupted."""
+    path = tmp_path / "chat.db"
+    code = ("import sys, time; from qwen_chat.store import Store; s = Store(sys.argv[1]); "
+            "c = s.create_conversation('a' * 32, 't'); "
+            "s.add_message(c.id, 'assistant', 'partial', status='streaming'); "
+            "print(c.id, flush=True); time.sleep(120)")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        conversation_id = writer.stdout.readline().strip()
+        beside = Store(path)
+        assert [m.status for m in beside.messages("a" * 32, conversation_id)] == ["streaming"]
+        beside.close()
+    finally:
+        writer.kill()
+        writer.wait()
+    after = Store(path)
+    assert [m.status for m in after.messages("a" * 32, conversation_id)] == ["interrupted"]
+    after.close()
+
+
 def test_migrations_upgrade_an_old_schema_and_keep_its_rows(tmp_path):
     path = tmp_path / "old.db"
     db = connect(path)
@@ -108,7 +134,8 @@ def test_migrations_upgrade_an_old_schema_and_keep_its_rows(tmp_path):
     applied = [m.name for m in migrations.applied(store.db)]
     assert applied == ["m001_initial", "m002_reply_status_and_figures", "m003_dropped_history",
                        "m004_reply_tokens", "m005_cached_tokens", "m006_pins_and_search",
-                       "m007_chat_settings_and_presets", "m008_import_keys", "m009_attachments", "m010_devices"]
+                       "m007_chat_settings_and_presets", "m008_import_keys", "m009_attachments", "m010_devices",
+                       "m011_message_writer"]
     store.close()
     Store(path).close()  # a second open applies nothing twice
 
