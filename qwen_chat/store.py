@@ -23,7 +23,6 @@ import shutil
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import psutil
@@ -32,70 +31,15 @@ from sqlite_utils.db import NotFoundError
 
 from .errors import NotFound, StorageFull
 from .migrations import migrations
+from .records import (COMPLETE, ERROR, INTERRUPTED, STOPPED, STREAMING,  # noqa: F401
+                      Conversation, Message, row_to)
 
 log = logging.getLogger(__name__)
 
-# A reply's status. "streaming" found at start-up means the app died mid-reply: "interrupted".
-COMPLETE, STREAMING, STOPPED, ERROR, INTERRUPTED = (
-    "complete", "streaming", "stopped", "error", "interrupted")
 
 BUSY_TIMEOUT_MS = 2000  # SQLite's own wait for a lock, per try; then _write says so and retries
 LOCK_WAIT_S = 600.0  # how long a write keeps retrying while another program holds the lock
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_FULL = 5, 6, 13
-
-
-@dataclass(frozen=True)
-class Conversation:
-    id: str
-    owner: str
-    title: str
-    created_at: float
-    updated_at: float
-    pinned: int = 0
-    settings: str | None = None  # JSON: this chat's own settings (see chat_settings)
-
-    @property
-    def chat_settings(self) -> dict:
-        """What this conversation sets differently from config.yaml ({} if nothing, or if
-        what is stored cannot be read: config.yaml's values then)."""
-        try:
-            values = json.loads(self.settings) if self.settings else {}
-        except ValueError:
-            return {}
-        return values if isinstance(values, dict) else {}
-
-
-@dataclass(frozen=True)
-class Message:
-    id: int
-    conversation_id: str
-    role: str
-    content: str
-    created_at: float
-    status: str = COMPLETE
-    updated_at: float | None = None
-    error: str | None = None
-    prompt_tokens: int | None = None
-    new_tokens: int | None = None
-    ttft: float | None = None
-    tokens_per_s: float | None = None
-    dropped: int | None = None  # replies: oldest messages left out of the prompt (context limit)
-    tokens: str | None = None  # replies: the token ids generated, as JSON (see Engine.prompt_ids)
-    cached_tokens: int | None = None  # replies: prompt tokens not prefilled at Send (cached)
-
-    @property
-    def token_ids(self) -> list[int] | None:
-        """The reply's token ids, or None (not stored, or unreadable: its text is used then)."""
-        try:
-            ids = json.loads(self.tokens) if self.tokens else None
-        except ValueError:
-            return None
-        return ids if isinstance(ids, list) and all(isinstance(i, int) for i in ids) else None
-
-
-def _row_to(cls, row: dict):
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in row.items() if k in names})
 
 
 def _writing(pid: int | None) -> bool:
@@ -213,7 +157,7 @@ class Store:
                 "SELECT * FROM conversations WHERE owner = ? "
                 "ORDER BY pinned DESC, updated_at DESC, rowid DESC",
                 [owner]))
-        return [_row_to(Conversation, r) for r in rows]
+        return [row_to(Conversation, r) for r in rows]
 
     def get_conversation(self, owner: str, conversation_id: str) -> Conversation:
         with self._lock:
@@ -222,7 +166,7 @@ class Store:
                 [conversation_id, owner]))
         if not rows:
             raise NotFound(f"Conversation {conversation_id!r} not found.")
-        return _row_to(Conversation, rows[0])
+        return row_to(Conversation, rows[0])
 
     def rename_conversation(self, owner: str, conversation_id: str, title: str) -> Conversation:
         self.get_conversation(owner, conversation_id)
@@ -283,7 +227,7 @@ class Store:
                                     "AND id != ?", [conversation_id, replacing_from, message_id])
                 self.db.table("conversations").update(conversation_id, {"updated_at": now})
             return message_id
-        return _row_to(Message, {**row, "id": self._write(insert)})
+        return row_to(Message, {**row, "id": self._write(insert)})
 
     def update_message(self, message_id: int, *, wait_s: float = LOCK_WAIT_S, **changes) -> None:
         """Commit new content, status or figures of a message (used while a reply streams).
@@ -332,4 +276,4 @@ class Store:
             self.get_conversation(owner, conversation_id)
             rows = list(self.db.query(
                 "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", [conversation_id]))
-        return [_row_to(Message, r) for r in rows]
+        return [row_to(Message, r) for r in rows]
