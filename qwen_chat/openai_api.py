@@ -142,8 +142,9 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
         except ApiError as exc:
             return exc.response()
         try:
-            generation = service.engine.generate(req.messages, req.sampling, cache_family=CACHE_FAMILY,
-                                                 tools=req.tools or None)
+            # Off the event loop: templating, and a grammar compiled for tools or JSON output.
+            generation = await run_in_threadpool(service.engine.generate, req.messages, req.sampling,
+                                                 cache_family=CACHE_FAMILY, tools=req.tools or None)
         except GrammarError as exc:
             return ApiError(400, f"Invalid '{exc.param or 'response_format'}': {exc}",
                             param=exc.param or "response_format").response()

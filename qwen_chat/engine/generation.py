@@ -13,7 +13,7 @@ import torch
 from transformers import DynamicCache, TextIteratorStreamer
 
 from .reply import Reply, Sampling, TokenLogprob
-from .sampling import sample
+from .sampling import sample, top_k
 
 if TYPE_CHECKING:
     from .local import Engine
@@ -131,6 +131,6 @@ def token_logprob(logits: torch.Tensor, token: int, alternatives: int) -> TokenL
     logp = torch.log_softmax(logits.float(), -1)
     top = ()
     if alternatives:
-        values, ids = torch.topk(logp, alternatives)
+        values, ids = top_k(logp, alternatives)
         top = tuple((int(i), float(v)) for i, v in zip(ids, values))
     return TokenLogprob(token, float(logp[token]), top)

@@ -92,23 +92,14 @@ class Grammars:
                 self._info = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.vocab_size)
             return self._info
 
-    def check(self, grammar: str) -> None:
-        """Raise GrammarError if `grammar` cannot be used (its message says why)."""
-        from llguidance import LLMatcher
-
-        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, self.info)
-        if is_error:
-            raise GrammarError(messages[0] if messages else "the grammar cannot be compiled")
-
     def constraint(self, spec: str) -> "Constraint":
         """A reply's constraint from its Sampling.grammar (json_spec or tools_spec); raises
         GrammarError (with the request parameter it came from) if it cannot be compiled."""
         grammar, param = self.compile(spec)
         try:
-            self.check(grammar)
-        except GrammarError as exc:
+            return Constraint(self.info, grammar, self.vocab_size)
+        except GrammarError as exc:  # compiled once: the matcher says what is wrong
             raise GrammarError(str(exc), param) from None
-        return Constraint(self.info, grammar, self.vocab_size)
 
     def compile(self, spec: str) -> tuple[str, str]:
         data = json.loads(spec)
