@@ -8,7 +8,7 @@
   per token either way). Call it first thing, before other threads start.
 * `trim()`: replies of many lengths fragment the heap; handing freed pages back whenever the
   engine goes idle keeps resident memory flat (tests/test_soak.py).
-* `drop_file_pages(tensor, path)`: a model loaded from its int8 cache reads it memory-mapped;
+* `drop_file_pages(tensors, file_ranges(path))`: a model loaded from its int8 cache reads it memory-mapped;
   once a layer has been packed for fbgemm (digits.py), its pages of the file are read again
   only if touched again, so they are handed back at once instead of when the whole file is let
   go (Qwen2.5-0.5B: peak resident memory at start 1.77 -> 1.2 GB).
@@ -47,7 +47,7 @@ def trim() -> None:
         _malloc_trim(0)
 
 
-def _file_ranges(path: Path) -> list[tuple[int, int]]:
+def file_ranges(path: Path) -> list[tuple[int, int]]:
     """The address ranges where this process maps `path` (Linux: /proc/self/maps)."""
     ranges, wanted = [], str(Path(path).resolve())
     try:
@@ -62,13 +62,13 @@ def _file_ranges(path: Path) -> list[tuple[int, int]]:
     return ranges
 
 
-def drop_file_pages(tensors: list, path: Path) -> None:
-    """Hand back the whole pages under `tensors` that are a mapping of the file `path` (its
-    private, unmodified pages: read from the file again if ever touched). Anything else is left
-    alone: anonymous memory must never be dropped, it would read back as zeros."""
+def drop_file_pages(tensors: list, ranges: list[tuple[int, int]]) -> None:
+    """Hand back the whole pages under `tensors` that lie in `ranges`, a file's mappings
+    (file_ranges: its private, unmodified pages, read from the file again if ever touched).
+    Anything else is left alone: anonymous memory must never be dropped, it would read back as
+    zeros."""
     if _madvise is None:
         return
-    ranges = _file_ranges(path)
     page = mmap.PAGESIZE
     for t in tensors:
         start = t.data_ptr()

@@ -178,7 +178,10 @@ def use_kernels(model: nn.Module, kernel: str = "auto", loaded_from: Path | None
         raise ValueError(f"Unknown kernel {kernel!r}: choose one of {', '.join(KERNELS)}.")
     fmt = digits.digit_format() if kernel != "weight-only" else None
     int8 = any(isinstance(m, (Int8Linear, digits.DigitsLinear)) for m in model.modules())
-    release = None if loaded_from is None else (lambda ts: memory.drop_file_pages(ts, loaded_from))
+    release = None
+    if loaded_from is not None:  # the file's mappings, read once (/proc/self/maps), not per layer
+        ranges = memory.file_ranges(loaded_from)
+        release = lambda ts: memory.drop_file_pages(ts, ranges)  # noqa: E731
     if not decoder.install(model, fmt if int8 else None, release):
         attention.use(model)  # a model of another shape keeps transformers' forward
     if any(isinstance(m, digits.DigitsLinear) for m in model.modules()):
