@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from .store import COMPLETE
-from .transfer import FORMAT, ImportRefused, parse_export
+from .transfer import FORMAT, ImportRefused, parse_export_data
 
 MAX_FILE_BYTES = 256 * 1024 * 1024  # an export of years of chats is tens of MB
 MAX_CONVERSATIONS = 100_000
@@ -78,7 +78,7 @@ def _read_zip(raw: bytes) -> tuple[str, list[Imported]]:
         for info in ours:
             data = _json(archive.read(info), info.filename)
             if isinstance(data, dict) and data.get("format") == FORMAT:
-                conversations.append(_qwen_chat(data, archive.read(info)))
+                conversations.append(_qwen_chat(data))
         if conversations:
             return "Qwen Chat", conversations
     except (zipfile.BadZipFile, OSError, RuntimeError) as exc:  # RuntimeError: encrypted
@@ -89,7 +89,7 @@ def _read_zip(raw: bytes) -> tuple[str, list[Imported]]:
 
 def _read_json(data: Any) -> tuple[str, list[Imported]]:
     if isinstance(data, dict) and data.get("format") == FORMAT:
-        return "Qwen Chat", [_qwen_chat(data, json.dumps(data, sort_keys=True).encode())]
+        return "Qwen Chat", [_qwen_chat(data)]
     if isinstance(data, list) and data and all(isinstance(c, dict) for c in data):
         if len(data) > MAX_CONVERSATIONS:
             raise ImportRefused(f"the file holds over {MAX_CONVERSATIONS:,} conversations")
@@ -101,8 +101,8 @@ def _read_json(data: Any) -> tuple[str, list[Imported]]:
                         "conversations.json is a list of conversations, each with a \"mapping\")")
 
 
-def _qwen_chat(data: dict, raw: bytes) -> Imported:
-    title, messages = parse_export(raw if len(raw) < 2**24 else json.dumps(data).encode())
+def _qwen_chat(data: dict) -> Imported:
+    title, messages = parse_export_data(data)  # decoded once (the whole file's size is checked)
     created = _number(data.get("created_at"))
     ident = data.get("id") if isinstance(data.get("id"), str) else hashlib.sha256(
         json.dumps(messages, sort_keys=True).encode()).hexdigest()[:32]

@@ -77,6 +77,11 @@ def parse_export(raw: bytes) -> tuple[str, list[dict]]:
         data = json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError):
         raise ImportRefused("the file is not JSON (export a conversation as JSON first)") from None
+    return parse_export_data(data)
+
+
+def parse_export_data(data) -> tuple[str, list[dict]]:
+    """(title, messages) from a decoded JSON export; ImportRefused with the reason otherwise."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ImportRefused('the file is not a Qwen Chat export ("format": "qwen-chat")')
     messages = data.get("messages")
