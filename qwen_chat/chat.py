@@ -27,7 +27,7 @@ from .errors import MessageTooLong, ModelNotLoaded, NotFound
 from .library import Library, title_from
 from .reading import Reading
 from .replying import ReplyUpdate, Replying, wait_for_model  # noqa: F401 - for the front ends
-from .store import STOPPED, Message, Store
+from .store import STOPPED, Conversation, Message, Store
 
 log = logging.getLogger(__name__)
 
@@ -138,28 +138,35 @@ class ChatService(Library, Reading, Replying):
             conversation.chat_settings if conversation else settings, base)
         self.check_length(text, config)
         with self._in_flight(session):
-            if conversation is None:  # the store waits (minutes) while another program holds
-                conversation = self.store.create_conversation(  # the file locked
-                    owner, title_from(text), settings=settings)
-                if session is not None:  # what was typed in the new chat was prefilled under this
-                    self.engine.adopt(draft_key(session), conversation.id)
             replacing = None
             if keep is not None and conversation_id:
                 later = self.store.messages(owner, conversation_id)[max(keep, 0):]
                 replacing = later[0].id if later else None
-            message = self.store.add_message(conversation.id, "user", text, replacing_from=replacing)
-            self.store_files(conversation.id, message.id, files)
+            conversation = self._store_user(owner, conversation, text, settings=settings,
+                                            files=files, session=session, replacing=replacing)
             yield from self._reply(owner, conversation, session, config, base)
+
+    def _store_user(self, owner: str, conversation: Conversation | None, text: str, *,
+                    settings: dict | None, files: list[str] | None, session: str | None = None,
+                    replacing: int | None = None) -> Conversation:
+        """Store the user's message with its files, in a new conversation if None is given
+        (what was typed in a new chat was prefilled under the tab's `session`: adopted). The
+        store waits (minutes) while another program holds the file locked."""
+        if conversation is None:
+            conversation = self.store.create_conversation(owner, title_from(text), settings=settings)
+            if session is not None:
+                self.engine.adopt(draft_key(session), conversation.id)
+        message = self.store.add_message(conversation.id, "user", text, replacing_from=replacing)
+        self.store_files(conversation.id, message.id, files)
+        return conversation
 
     def keep_unanswered(self, owner: str, conversation_id: str | None, text: str, *,
                         settings: dict | None = None, files: list[str] | None = None) -> str:
         """A message stopped before its reply began (it waited for room in the batch): stored
         as sent, with its files and an empty reply marked stopped, so that nothing typed is
         lost. Returns its conversation's id (a new one if None is given)."""
-        conversation = (self.store.get_conversation(owner, conversation_id) if conversation_id
-                        else self.store.create_conversation(owner, title_from(text), settings=settings))
-        message = self.store.add_message(conversation.id, "user", text)
-        self.store_files(conversation.id, message.id, files)
+        conversation = self.store.get_conversation(owner, conversation_id) if conversation_id else None
+        conversation = self._store_user(owner, conversation, text, settings=settings, files=files)
         self.store.add_message(conversation.id, "assistant", "", status=STOPPED)
         return conversation.id
 

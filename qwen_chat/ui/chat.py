@@ -52,10 +52,10 @@ def render(page: Page) -> PageChat:
         """Whether a message the chat shows is the stored one."""
         expected = (show_user(stored.content) if stored.role == "user" else
                     shown(stored, lang, remote_images=remote_images())["content"])
-        showing = plain(item.get("content")).strip()
-        # A user message sent with files shows their names above it (Page.chat_of).
-        return showing == expected.strip() or (
-            stored.role == "user" and showing.startswith("📎") and showing.endswith(expected.strip()))
+        showing = plain(item.get("content"))
+        if stored.role == "user":  # sent with files: their names above it (common.with_files)
+            showing = str(Displayed.taken(showing))
+        return showing.strip() == expected.strip()
 
     def rewind(owner: str, current: str, history: list, seen: int | None, message: str,
                lang: str) -> tuple[int | None, str]:

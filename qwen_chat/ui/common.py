@@ -115,14 +115,16 @@ class Page:
         a list sent again closes a row's open menu)."""
         return self._lists.get(session) == digest(value)
 
-    def chat_of(self, owner: str | None, conversation_id: str | None, lang: str) -> list[dict]:
-        """The conversation as the chat shows it (NotFound if it is gone)."""
+    def chat_of(self, owner: str | None, conversation_id: str | None, lang: str,
+                messages: list | None = None) -> list[dict]:
+        """The conversation as the chat shows it (NotFound if it is gone); `messages`: its
+        stored messages when the caller has just read them."""
         if not (owner and conversation_id):
             return []
         remote = self.service.config().config.allow_remote_images
         attached = self.service.attachments.of(conversation_id)
         chat = []
-        for m in self.service.messages(owner, conversation_id):
+        for m in messages if messages is not None else self.service.messages(owner, conversation_id):
             item = shown(m, lang, remote_images=remote)
             names = [a.name for a in attached.get(m.id, [])]
             if names and m.role == "user":  # the files it was sent with, above its words

@@ -50,7 +50,7 @@ def wire(page: Page, timer: gr.Timer, synced: gr.State, search: gr.Textbox) -> N
             else:
                 streaming = bool(stored) and stored[-1].status == STREAMING
                 if len(stored) != seen or streaming or last.get("streaming"):
-                    chat = (current, *page.shows(page.chat_of(owner, current, lang)))
+                    chat = (current, *page.shows(page.chat_of(owner, current, lang, stored)))
         shown_list = gr.skip()
         if not (query or "").strip():  # search results stay as they are
             value = page.list_value(owner, current, lang)
