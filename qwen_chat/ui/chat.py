@@ -124,6 +124,7 @@ def render(page: Page) -> PageChat:
                     if update.conversation.id != known:  # a new conversation: list, select it
                         known = update.conversation.id
                         listing = page.listing(owner, known, lang)
+                        page.opened()
                     yield reply, known, listing, status_line(update, lang), told, seen
             except NotFound:  # deleted in another tab while the reply streamed
                 gr.Warning(i18n.text(lang, "deleted"))
@@ -134,6 +135,8 @@ def render(page: Page) -> PageChat:
             except StorageFull as exc:  # nothing was saved: the message stays on screen
                 gr.Warning(i18n.text(lang, "disk_full", detail=str(exc)))
                 yield f"⚠️ {exc}", known, gr.skip(), "", told, seen
+            finally:
+                page.opened()  # the reply's end, as this tab shows it: not a tick's older look
 
     def typing(owner, current, settings, text, files, request: gr.Request):
         """The message box changed (or a file was attached): prefill what it holds while the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -24,6 +25,9 @@ LATEX = [
 ]
 GENERATE = "generate"  # one concurrency group: as many replies as the engine batches
 MAX_TABS = 1000  # tabs whose list is remembered (Page.listing), the oldest forgotten first
+# A chat handed to a tab this recently (switching, new chat, a reply sent) is left alone by the
+# live tick (live.py): a tick that set out before it would put the previous one back.
+SETTLE_S = 1.0
 
 
 def digest(value) -> str:
@@ -76,6 +80,7 @@ class Page:
     system_box: gr.Markdown | None = None
     replies: list = field(default_factory=list)  # the events that stream a reply (to cancel)
     _lists: dict = field(default_factory=dict)  # tab (session) -> digest of its list's value
+    _opened: dict = field(default_factory=dict)  # tab (session) -> when it was last handed a chat
 
     @property
     def private(self) -> dict:
@@ -83,12 +88,28 @@ class Page:
         the engine batches (the queue's default would be one)."""
         return dict(api_visibility="private", concurrency_limit=self.service.engine.max_batch)
 
-    def shows(self, chat: list[dict]) -> tuple[list[dict], list[dict], int]:
+    def shows(self, chat: list[dict], *, opened: bool = True) -> tuple[list[dict], list[dict], int]:
         """Outputs [chatbot, history, seen] for a chat loaded from the store. ChatInterface's
         history holds messages as the chatbot hands them back (content as a list of blocks:
-        its retry and undo read them so), hence the round trip through the chatbot."""
+        its retry and undo read them so), hence the round trip through the chatbot.
+        `opened`: the tab's own event hands it (not the live tick's refresh)."""
         history = self.chatbot.preprocess(self.chatbot.postprocess(chat)) if chat else []
+        if opened:
+            self.opened()
         return chat, history, len(chat)
+
+    def opened(self) -> None:
+        """Remember when the tab of the event being handled was handed a chat (see SETTLE_S)."""
+        session = getattr(LocalContext.request.get(None), "session_hash", None)
+        if session:
+            self._opened.pop(session, None)
+            self._opened[session] = time.monotonic()
+            while len(self._opened) > MAX_TABS:
+                self._opened.pop(next(iter(self._opened)))
+
+    def opened_lately(self, session: str) -> bool:
+        """Whether the tab was handed a chat within SETTLE_S seconds."""
+        return time.monotonic() - self._opened.get(session, float("-inf")) < SETTLE_S
 
     # Reads the builders share ----------------------------------------------------------------
     def listing(self, owner: str | None, current: str | None, lang: str) -> dict:

@@ -7,7 +7,9 @@ list and its open conversation, and send what differs from what it shows: the li
 not the one this tab was last handed (Page.handed; not while it shows search results), the open
 chat when it has more or fewer messages than the page shows, or a reply is being written into
 it by another tab or device (it grows here as it is saved, about once a second). A page that is
-sending a message itself is left alone: its own reply streams into it.
+sending a message itself is left alone: its own reply streams into it; so is a page just handed
+a chat by one of its own events (a switch, a new chat): a look that set out before would put the
+previous chat back (Page.opened_lately).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def wire(page: Page, timer: gr.Timer, synced: gr.State, search: gr.Textbox) -> N
     def tick(owner, current, seen, last, query, request: gr.Request):
         unchanged = (gr.skip(),) * 5
         last = dict(last or {})
-        if not owner or service.sending(request.session_hash):
+        session = request.session_hash
+        if not owner or service.sending(session) or page.opened_lately(session):
             return (*unchanged, gr.skip())
         changes = list(service.changes())
         if changes == last.get("changes") and not last.get("streaming"):
@@ -46,16 +49,18 @@ def wire(page: Page, timer: gr.Timer, synced: gr.State, search: gr.Textbox) -> N
                 stored = service.messages(owner, current)
             except NotFound:  # deleted elsewhere: a new, empty chat
                 current = None
-                chat = (None, *page.shows([]))
+                chat = (None, *page.shows([], opened=False))
             else:
                 streaming = bool(stored) and stored[-1].status == STREAMING
                 if len(stored) != seen or streaming or last.get("streaming"):
-                    chat = (current, *page.shows(page.chat_of(owner, current, lang, stored)))
-        shown_list = gr.skip()
-        if not (query or "").strip():  # search results stay as they are
-            value = page.list_value(owner, current, lang)
-            if not page.shows_list(request.session_hash, value):
-                shown_list = page.handed(value)
+                    chat = (current, *page.shows(page.chat_of(owner, current, lang, stored),
+                                                          opened=False))
+        value = None if (query or "").strip() else page.list_value(owner, current, lang)
+        if page.opened_lately(session):  # the tab switched chats meanwhile: this look is stale
+            return (*unchanged, gr.skip())
+        shown_list = gr.skip()  # search results stay as they are
+        if value is not None and not page.shows_list(session, value):
+            shown_list = page.handed(value)
         return (shown_list, *chat, {"changes": changes, "streaming": streaming})
 
     timer.tick(tick, [page.owner, page.current, page.seen, synced, search], outputs,
