@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import logging
 import platform
 import statistics
@@ -242,7 +243,7 @@ def cached_or_measured(config, threads: int, cache_file: Path, on_measure=None) 
         saved[k] = asdict(result)
         cache_file = Path(cache_file)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + ".tmp")
+        tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}")  # one per writer
         try:
             tmp.write_text(json.dumps(saved, indent=1), encoding="utf-8")
             tmp.replace(cache_file)
