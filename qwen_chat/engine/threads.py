@@ -21,11 +21,14 @@ other programs'.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Callable
 
 import psutil
+
+log = logging.getLogger(__name__)
 
 WINDOW = 0.25  # seconds between two measurements (a decode step is 20-80 ms)
 
@@ -113,6 +116,9 @@ class ThreadGovernor:
 
     def _apply(self, n: int) -> None:
         if n != self.threads:
+            if self.threads:
+                log.debug("Model threads %d -> %d (other programs used %.2f cores)",
+                          self.threads, n, self.others)
             self.changes += self.threads != 0
             self._set(n)
             self.threads = n
