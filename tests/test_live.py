@@ -25,7 +25,7 @@ def page(tmp_path, tiny_model):
                           ConfigWatcher(config_path, load_config(config_path)))
     demo = build_ui(service, secret="s" * 64)
     handlers = {fn.name: fn.fn for fn in demo.fns.values() if fn.fn is not None}
-    yield service, handlers
+    yield service, {**handlers, "demo": demo}
     store.close()
 
 
@@ -63,3 +63,19 @@ def test_a_look_that_set_out_before_a_switch_leaves_the_switched_tab_alone(page,
     monkeypatch.setattr("qwen_chat.ui.common.SETTLE_S", 0.0)
     later = tick(owner, second.id, 0, {}, "", as_tab("tab-1"))
     assert later[1] == second.id and [m["content"] for m in later[2]] == ["hello two"]
+
+
+def test_the_server_forgets_the_oldest_page_sessions_past_max_tabs(page):
+    """Every page load (a reload, a tab, a script's client) is a session whose state Gradio
+    keeps; without a bound the app's memory grew with every reload (the soak's creep)."""
+    from fastapi import FastAPI
+
+    from qwen_chat.ui.common import MAX_TABS
+
+    service, handlers = page
+    demo = handlers["demo"]
+    gr.mount_gradio_app(FastAPI(), demo, path="/")
+    for i in range(MAX_TABS + 20):
+        demo.state_holder[f"tab-{i}"]
+    assert len(demo.state_holder.session_data) == MAX_TABS
+    assert "tab-0" not in demo.state_holder and f"tab-{MAX_TABS + 19}" in demo.state_holder

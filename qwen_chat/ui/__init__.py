@@ -17,7 +17,7 @@ from .. import i18n
 from ..chat import ChatService
 from . import phone as phone_ui
 from . import chat, habits, live, settings, sidebar, system
-from .common import GENERATE, Page, lang_of, tell
+from .common import MAX_TABS, GENERATE, Page, lang_of, tell
 
 __all__ = ["GENERATE", "build_ui", "launch_options"]
 
@@ -74,6 +74,11 @@ def build_ui(service: ChatService, *, secret: str, phone: phone_ui.PhoneAccess |
              page.seen, page.status, page.told], **page.private))
         settings.wire(page, chat_settings, switched)
         live.wire(page, live_timer, synced, side.search)  # what other tabs, a phone, the terminal change
+    # Gradio keeps a copy of the page's state for every session (each page load, tab or script
+    # client) until it holds 10,000 of them, tens of KB each: a long-running app's memory crept
+    # with every reload (the soak: about 0.02 MB per message). The oldest are dropped past
+    # MAX_TABS, as the page's own per-tab records are.
+    demo.state_session_capacity = MAX_TABS
     return demo
 
 
