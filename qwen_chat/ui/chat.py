@@ -124,7 +124,6 @@ def render(page: Page) -> PageChat:
                     if update.conversation.id != known:  # a new conversation: list, select it
                         known = update.conversation.id
                         listing = page.listing(owner, known, lang)
-                        page.opened()
                     yield reply, known, listing, status_line(update, lang), told, seen
             except NotFound:  # deleted in another tab while the reply streamed
                 gr.Warning(i18n.text(lang, "deleted"))
@@ -136,7 +135,7 @@ def render(page: Page) -> PageChat:
                 gr.Warning(i18n.text(lang, "disk_full", detail=str(exc)))
                 yield f"⚠️ {exc}", known, gr.skip(), "", told, seen
             finally:
-                page.opened()  # the reply's end, as this tab shows it: not a tick's older look
+                page.opened()  # the reply's end; while it sends, ticks skip the tab
 
     def typing(owner, current, settings, text, files, request: gr.Request):
         """The message box changed (or a file was attached): prefill what it holds while the

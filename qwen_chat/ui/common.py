@@ -100,12 +100,7 @@ class Page:
 
     def opened(self) -> None:
         """Remember when the tab of the event being handled was handed a chat (see SETTLE_S)."""
-        session = getattr(LocalContext.request.get(None), "session_hash", None)
-        if session:
-            self._opened.pop(session, None)
-            self._opened[session] = time.monotonic()
-            while len(self._opened) > MAX_TABS:
-                self._opened.pop(next(iter(self._opened)))
+        _remember(self._opened, time.monotonic())
 
     def opened_lately(self, session: str) -> bool:
         """Whether the tab was handed a chat within SETTLE_S seconds."""
@@ -122,13 +117,7 @@ class Page:
 
     def handed(self, value: dict) -> dict:
         """Remember `value` as the list the tab of the event being handled is handed."""
-        # The tab is the running event's (Gradio's own context of the event).
-        session = getattr(LocalContext.request.get(None), "session_hash", None)
-        if session:
-            self._lists.pop(session, None)
-            self._lists[session] = digest(value)
-            while len(self._lists) > MAX_TABS:
-                self._lists.pop(next(iter(self._lists)))
+        _remember(self._lists, digest(value))
         return value
 
     def shows_list(self, session: str, value: dict) -> bool:
@@ -166,6 +155,17 @@ class Page:
         notes = tuple(i18n.text(lang, key, **values)
                       for key, values in config_warnings(snapshot, told))
         return snapshot.config, snapshot.version, notes
+
+
+def _remember(records: dict, value) -> None:
+    """records[tab] = value for the tab of the event being handled (Gradio's own context of
+    the event), the most recent MAX_TABS tabs kept."""
+    session = getattr(LocalContext.request.get(None), "session_hash", None)
+    if session:
+        records.pop(session, None)
+        records[session] = value
+        while len(records) > MAX_TABS:
+            records.pop(next(iter(records)))
 
 
 def tell(notes: tuple[str, ...]) -> None:
