@@ -4,8 +4,10 @@ Why: a user feels the app, not the engine: its HTTP routes, its web stack, its t
 computer that is doing other things too. So this starts the real `python app.py` (defaults, a
 temporary config.yaml and data folder, a free port) and times, at the client, a 10-turn
 Chinese/English conversation (bench.py's ~40-token user messages, 64 new tokens, sampling at the
-app's defaults) through the page's script route `/chat` (gradio_client, as README.md shows) and
-through `/v1/chat/completions` streamed (the openai client, the whole history resent each turn).
+app's defaults) through the page's script route `/chat` (over Gradio's HTTP protocol, as curl or
+the page's own JavaScript client reads it; and through gradio_client, as README.md's Python
+example does, which adds that library's own delivery delay) and through
+`/v1/chat/completions` streamed (the openai client, the whole history resent each turn).
 
 In the same run, the same conversation on: the app's engine alone in this process (built by
 app.py's own `build_engine`, so the same kernel path and thread governor, no HTTP); plain
@@ -51,7 +53,8 @@ from qwen_chat.config import parse_config, physical_cores  # noqa: E402
 REPO = HERE.parent
 SYSTEM = engine_bench.SYSTEM["content"]
 WARMUP = "Hi! 你好，请用一句话介绍你自己。"  # an untimed turn (Bench.measure)
-ROWS = ("app /chat", "app /v1", "engine alone", "transformers fp32", "llama-server q8_0",
+APP_ROWS = ("app /chat", "app /chat gradio_client", "app /v1")
+ROWS = (*APP_ROWS, "engine alone", "transformers fp32", "llama-server q8_0",
         "llama-server q4_0")
 Subjects = Callable[[], contextlib.AbstractContextManager[dict[str, drivers.Converse]]]
 
@@ -107,8 +110,9 @@ class Bench:
                 time.sleep(3)  # past the start's own work
                 self.app["idle_cpu"] = app.idle_cpu()
                 print(f"app.py idle: {100 * self.app['idle_cpu']:.1f}% of one core", flush=True)
-            self.kernels.update({"app /chat": app.kernel, "app /v1": app.kernel})
-            yield {"app /chat": drivers.chat_route(app.url),
+            self.kernels.update(dict.fromkeys(APP_ROWS, app.kernel))
+            yield {"app /chat": drivers.chat_http(app.url),
+                   "app /chat gradio_client": drivers.chat_route(app.url),
                    "app /v1": drivers.openai_stream(f"{app.url}v1", system=SYSTEM,
                                                     max_tokens=self.args.new_tokens)}
 
@@ -271,7 +275,7 @@ def main() -> int:
     engine_bench.in_thread(engine_bench.materialize, args.shared, args.model)
     bench, started = Bench(args), time.monotonic()
     print(f"Machine: {bench.context()}; {os.cpu_count()} logical CPUs", flush=True)
-    bench.run(bench.the_app, ("app /chat", "app /v1"))
+    bench.run(bench.the_app, APP_ROWS)
     for kind in ("q8_0", "q4_0"):
         row = f"llama-server {kind}"
         if args.skip_peer:

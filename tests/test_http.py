@@ -1,6 +1,7 @@
 """Qwen Chat as a script (gradio_client) and a user starting it see it: a real `python app.py`.
 
-* A question streams back word by word, ends "complete" and is saved in data/chat.db; after a
+* A question streams back word by word, ends "complete" and is saved in data/chat.db; the
+  conversation goes on over Gradio's HTTP protocol (README.md's curl example); after a
   restart the same owner still finds the conversation, another owner finds nothing.
 * Start-up mistakes end at once with one plain message and a non-zero exit code: a misspelt key
   in config.yaml, a port already in use. A download that fails (the page is served meanwhile)
@@ -68,7 +69,7 @@ def test_streamed_answer_is_saved_and_survives_a_restart(app_servers, gguf_path)
                      "ORDER BY id", [conversation_id])
     assert [(r["role"], r["status"]) for r in rows] == [("user", "complete"),
                                                          ("assistant", "complete")]
-    user, reply = rows
+    user, reply = rows[:2]
     assert user["content"] == QUESTION
     assert reply["content"] == final["text"]
     assert reply["new_tokens"] == final["new_tokens"] > 0
@@ -76,13 +77,24 @@ def test_streamed_answer_is_saved_and_survives_a_restart(app_servers, gguf_path)
     assert reply["ttft"] is not None and reply["ttft"] > 0
     assert reply["error"] is None
 
+    # The same route over HTTP, as README.md's curl example reads it: the conversation goes on.
+    events = chat_over_http(server.url, owner, conversation_id, "And of Italy?")
+    assert [name for name, _ in events][-1] == "complete", events
+    texts = [data["text"] for name, data in events if data["text"]]
+    assert len(set(texts)) > 1, f"the reply did not stream: {texts}"
+    assert events[-1][1]["conversation_id"] == conversation_id
+    rows = read_rows(server.db_path, "SELECT role, content, status FROM messages "
+                     "WHERE conversation_id = ? ORDER BY id", [conversation_id])
+    assert [tuple(r.values()) for r in rows[2:]] == [
+        ("user", "And of Italy?", "complete"), ("assistant", events[-1][1]["text"], "complete")]
+
     # Restart over the same data folder: the owner's history is still there, and only theirs.
     server.restart()
     client = client_for(server)
     listed = client.predict(owner, api_name="/conversations")
     assert [c["id"] for c in listed] == [conversation_id]
     assert listed[0]["title"] == QUESTION
-    assert listed[0]["messages"] == [
+    assert listed[0]["messages"][:2] == [
         {"role": "user", "content": QUESTION, "status": "complete"},
         {"role": "assistant", "content": final["text"], "status": "complete"}]
     assert client.predict(secrets.token_hex(16), api_name="/conversations") == []
@@ -90,7 +102,28 @@ def test_streamed_answer_is_saved_and_survives_a_restart(app_servers, gguf_path)
     # Another owner who learns the id cannot write into the conversation: a plain error.
     with pytest.raises(Exception, match="not found"):
         client.predict(secrets.token_hex(16), conversation_id, "let me in", api_name="/chat")
-    assert len(read_rows(server.db_path, "SELECT id FROM messages")) == 2
+    assert len(read_rows(server.db_path, "SELECT id FROM messages")) == 4
+
+
+def chat_over_http(url: str, owner: str, conversation_id: str, message: str) -> list[tuple[str, dict]]:
+    """/chat over Gradio's HTTP protocol (README.md's curl example): POST the inputs, then the
+    reply's server-sent events, as (event name, update) pairs."""
+    import json
+
+    import httpx
+
+    with httpx.Client(base_url=f"{url.rstrip('/')}/gradio_api/call/chat", trust_env=False,
+                      timeout=120) as http:
+        posted = http.post("", json={"data": [owner, conversation_id, message]})
+        posted.raise_for_status()
+        events, name = [], ""
+        with http.stream("GET", f"/{posted.json()['event_id']}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    events.append((name, json.loads(line[5:])[0]))
+        return events
 
 
 def test_misspelt_config_key_names_the_key_and_the_fix(tmp_path):
