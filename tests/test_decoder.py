@@ -137,8 +137,39 @@ def test_int8_digits_model_is_fused_and_close_to_fp32(reference):
     assert (got - want).norm() / want.norm() < 0.05
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
     torch.testing.assert_close(step[0, -1], got[0, -1], atol=1e-4, rtol=1e-4)
+    assert cache.layers[0].keys.dtype == cache.layers[0].values.dtype == torch.bfloat16
     weight_only, _ = precision.apply_precision(copy.deepcopy(reference), "int8", kernel="weight-only")
     assert weight_only.kernel == "weight-only" and hasattr(weight_only.model.layers[0].self_attn, "q_proj")
+
+
+@pytest.mark.skipif(digits.digit_format() is None, reason="no exact fbgemm int8 GEMM on this CPU")
+def test_a_digits_model_caches_bf16_keys_and_values_close_to_float32_ones(reference):
+    """Half the bytes a step reads from its cache; the weight-only kernel and a float32 model
+    keep float32 ones (the weight-only kernel fell below the quality bar with bf16 ones)."""
+    weight_only, _ = precision.apply_precision(copy.deepcopy(reference), "int8", kernel="weight-only")
+    assert weight_only.decoder.kv_dtype == torch.float32
+    model, _ = precision.apply_precision(copy.deepcopy(reference), "int8")
+    assert model.decoder.kv_dtype == torch.bfloat16
+    x = ids(reference, 1, 60)
+    logits = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model.decoder.kv_dtype = dtype
+        with torch.inference_mode():
+            cache = DynamicCache(config=model.config)
+            model(x[:, :-3], past_key_values=cache)
+            steps = [model(x[:, k:k + 1], past_key_values=cache).logits[0, -1] for k in (57, 58, 59)]
+        assert {layer.keys.dtype for layer in cache.layers} == {dtype}
+        assert cache.layers[0].keys.shape[-2] == 60
+        logits[dtype] = torch.stack(steps)
+    a, b = logits[torch.float32], logits[torch.bfloat16]
+    assert (b - a).norm() / a.norm() < 0.02
+    assert (b.argmax(-1) == a.argmax(-1)).all()
+    lean_cache = DynamicCache(config=reference.config)
+    fp32 = copy.deepcopy(reference)
+    decoder.install(fp32)
+    with torch.inference_mode():
+        fp32(x, past_key_values=lean_cache)
+    assert lean_cache.layers[0].keys.dtype == torch.float32
 
 
 @pytest.mark.skipif(digits.digit_format() is None, reason="no exact fbgemm int8 GEMM on this CPU")

@@ -81,19 +81,20 @@ def _project(parts: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
     return parts[0](x) if len(parts) == 1 else torch.cat([p(x) for p in parts], -1)
 
 
-def room(layer, batch: int, heads: int, dim: int, past: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+def room(layer, batch: int, heads: int, dim: int, past: int, end: int,
+         dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Buffers holding `layer`'s first `past` keys and values with room up to `end` tokens: the
     ones of its last growth while its tensors are still their views (a cache is only ever used
-    by one reply: kvcache.py copies shared ones), else new ones with ROOM tokens to spare. The
-    caller writes tokens past..end into them, then `keep`s them."""
+    by one reply: kvcache.py copies shared ones), else new ones of `dtype` with ROOM tokens to
+    spare. The caller writes tokens past..end into them, then `keep`s them."""
     buf_k, buf_v = getattr(layer, "room_keys", None), getattr(layer, "room_values", None)
     old_k, old_v = (layer.keys, layer.values) if layer.is_initialized else (None, None)
     if (buf_k is not None and old_k is not None and old_k.dim() == 4 and buf_k.shape[0] == batch
             and buf_k.shape[-2] >= end and old_k.shape[-2] == past
             and old_k.data_ptr() == buf_k.data_ptr() and old_v.data_ptr() == buf_v.data_ptr()):
         return buf_k, buf_v
-    buf_k = torch.empty(batch, heads, end + ROOM, dim)
-    buf_v = torch.empty(batch, heads, end + ROOM, dim)
+    buf_k = torch.empty(batch, heads, end + ROOM, dim, dtype=dtype)
+    buf_v = torch.empty(batch, heads, end + ROOM, dim, dtype=dtype)
     if past:
         buf_k[:, :, :past] = old_k
         buf_v[:, :, :past] = old_v
@@ -136,9 +137,11 @@ def _scripted_layers():
 class Decoder:
     """The forward pass of `model` (see the module docstring); `install` makes it the model's."""
 
-    def __init__(self, model: nn.Module, digits: DigitFormat | None = None, release=None) -> None:
+    def __init__(self, model: nn.Module, digits: DigitFormat | None = None, release=None,
+                 kv_dtype: torch.dtype = torch.float32) -> None:
         config, inner = model.config, model.model
         self.config, self.model = config, model
+        self.kv_dtype = kv_dtype  # of the keys and values it caches (see install)
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -204,9 +207,9 @@ class Decoder:
             qk = rotate(x[:, :, :heads + kv], cos, sin)
             keys[:, :, past:end] = qk[:, :, heads:].transpose(1, 2)
             values[:, :, past:end] = x[:, :, heads + kv:].transpose(1, 2)
-            out = attend(qk[:, :, :heads].transpose(1, 2), keys[:, :, :end], values[:, :, :end],
-                         mask, self.scale, PACK_ROWS)
-            h = h + o[0](out)
+            out = attend(qk[:, :, :heads].transpose(1, 2).to(keys.dtype), keys[:, :, :end],
+                         values[:, :, :end], mask, self.scale, PACK_ROWS)
+            h = h + o[0](out.to(h.dtype))
             y = _project(gate_up, rms(h, norm2.weight, norm2.variance_epsilon))
             half = y.shape[-1] // 2
             h = h + down[0](F.silu(y[..., :half]) * y[..., half:])
@@ -231,7 +234,7 @@ class Decoder:
         cos, sin = self.rotary(h, position_ids)
         cos, sin = cos.unsqueeze(2), scripted.signed_sin(sin.unsqueeze(2))  # batch x new x 1 x dim
         mask = _mask(attention_mask, batch, new, past)
-        buffers = [room(layer, batch, self.kv_heads, self.head_dim, past, end)
+        buffers = [room(layer, batch, self.kv_heads, self.head_dim, past, end, self.kv_dtype)
                    for layer in cache.layers[:len(self.layers)]]
         chunks = []
         for start in range(0, new, CHUNK):  # a long prompt in parts: bounded activations
@@ -254,13 +257,15 @@ class Decoder:
         return CausalLMOutputWithPast(logits=logits, **{_OUTPUT_CACHE: cache if use_cache is not False else None})
 
 
-def install(model: nn.Module, digits: DigitFormat | None = None, release=None) -> bool:
+def install(model: nn.Module, digits: DigitFormat | None = None, release=None,
+            kv_dtype: torch.dtype = torch.float32) -> bool:
     """Give `model` this forward if it has the shape for it (True); with `digits`, its int8
     layers become DigitsLinear (q/k/v and gate/up fused; `release(tensors)` is told which
-    int8 rows are packed). Else it keeps transformers' forward."""
+    int8 rows are packed); its cache keeps keys and values in `kv_dtype`. Else it keeps
+    transformers' forward."""
     if not supports(model):
         return False
-    Decoder(model, digits, release).install()
+    Decoder(model, digits, release, kv_dtype).install()
     return True
 
 

@@ -97,9 +97,10 @@ def layers(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Optional
         qk = rotate(x[:, :, :heads + kv], cos, sin)
         keys[i][:, :, past:end] = qk[:, :, heads:].transpose(1, 2)
         values[i][:, :, past:end] = x[:, :, heads + kv:].transpose(1, 2)
-        out = attend(qk[:, :, :heads].transpose(1, 2), keys[i][:, :, :end], values[i][:, :, :end],
-                     mask, scale, pack_rows)
-        h = h + digits_linear(out, packed[j + 1], extremes[j + 1], D, reduce_range, biases[j + 1])
+        out = attend(qk[:, :, :heads].transpose(1, 2).to(keys[i].dtype), keys[i][:, :, :end],
+                     values[i][:, :, :end], mask, scale, pack_rows)
+        h = h + digits_linear(out.to(h.dtype), packed[j + 1], extremes[j + 1], D, reduce_range,
+                              biases[j + 1])
         y = digits_linear(rms(h, norms[2 * i + 1], eps[2 * i + 1]), packed[j + 2], extremes[j + 2],
                           D, reduce_range, biases[j + 2])
         half = y.shape[-1] // 2
