@@ -53,22 +53,16 @@ class Clock:
                     server_ttft_s)
 
 
-def chat_route(url: str) -> Converse:
-    """The page's script route `/chat` through gradio_client, as README.md's example uses it:
-    each update carries the whole reply so far; the conversation id continues the history.
-    gradio_client 2.7's own delivery adds to every update (measured: median 44 ms, up to 1 s):
-    its reader thread polls every 50 ms, and its Job iterator sleeps holding the lock that
-    thread needs. So this row times the client library too; chat_http times the route."""
-    from gradio_client import Client
-
-    client = Client(url, verbose=False)
-    owner = secrets.token_hex(16)
+def _chat(send: Callable[[str, str], Iterator[dict]]) -> Converse:
+    """A conversation on the page's script route `/chat`: `send(conversation_id, message)`
+    yields the route's updates, each carrying the whole reply so far; the conversation id
+    continues the history."""
 
     def converse(messages: list[str]) -> Iterator[Turn]:
         conversation = ""
         for message in messages:
             clock, shown, final = Clock(), "", None
-            for update in client.submit(owner, conversation, message, api_name="/chat"):
+            for update in send(conversation, message):
                 if update["text"] and update["text"] != shown:
                     shown = update["text"]
                     clock.text()
@@ -82,11 +76,23 @@ def chat_route(url: str) -> Converse:
     return converse
 
 
+def chat_route(url: str) -> Converse:
+    """`/chat` through gradio_client, as README.md's Python example uses it. gradio_client
+    2.7's own delivery adds to every update (measured: median 44 ms, up to 1 s): its reader
+    thread polls every 50 ms, and its Job iterator sleeps holding the lock that thread needs.
+    So this row times the client library too; chat_http times the route."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    owner = secrets.token_hex(16)
+    return _chat(lambda conversation, message: client.submit(owner, conversation, message,
+                                                             api_name="/chat"))
+
+
 def chat_http(url: str) -> Converse:
-    """The page's script route `/chat` over Gradio's own HTTP protocol, as `curl` (README.md),
-    a script in any language, or the page's JavaScript client reads it: POST the inputs to
-    `gradio_api/call/chat`, then read the reply's updates as server-sent events. No client
-    library between the app and the clock (gradio_client adds its own polling: see chat_route)."""
+    """`/chat` over Gradio's own HTTP protocol, as `curl` (README.md), a script in any language,
+    or the page's JavaScript client reads it: POST the inputs to `gradio_api/call/chat`, then
+    read the reply's updates as server-sent events. No client library between app and clock."""
     import json
 
     import httpx
@@ -95,31 +101,20 @@ def chat_http(url: str) -> Converse:
                         timeout=900)
     owner = secrets.token_hex(16)
 
-    def converse(messages: list[str]) -> Iterator[Turn]:
-        conversation = ""
-        for message in messages:
-            clock, shown, final, event = Clock(), "", None, ""
-            posted = http.post("", json={"data": [owner, conversation, message]})
-            posted.raise_for_status()
-            with http.stream("GET", f"/{posted.json()['event_id']}") as stream:
-                for line in stream.iter_lines():
-                    if line.startswith("event:"):
-                        event = line[6:].strip()
-                    elif line.startswith("data:") and event in ("generating", "complete"):
-                        update = json.loads(line[5:])[0]
-                        if update["text"] and update["text"] != shown:
-                            shown = update["text"]
-                            clock.text()
-                        final = update
-                    elif line.startswith("data:") and event == "error":
-                        raise RuntimeError(f"/chat failed: {line[5:].strip()}")
-            if not final or final["status"] != "complete":
-                raise RuntimeError(f"/chat reply ended as {final and final['status']}: "
-                                   f"{final and final['error']}")
-            conversation = final["conversation_id"]
-            yield clock.turn(final["new_tokens"], server_ttft_s=final["ttft"])
+    def send(conversation: str, message: str) -> Iterator[dict]:
+        posted = http.post("", json={"data": [owner, conversation, message]})
+        posted.raise_for_status()
+        event = ""
+        with http.stream("GET", f"/{posted.json()['event_id']}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event == "error":
+                    raise RuntimeError(f"/chat failed: {line[5:].strip()}")
+                elif line.startswith("data:") and event in ("generating", "complete"):
+                    yield json.loads(line[5:])[0]
 
-    return converse
+    return _chat(send)
 
 
 def openai_stream(base_url: str, *, system: str, max_tokens: int, model: str | None = None) -> Converse:
