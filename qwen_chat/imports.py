@@ -22,7 +22,6 @@ anything is written, and store.py writes a whole file in one transaction.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .digests import json_digest
 from .store import COMPLETE
 from .transfer import FORMAT, ImportRefused, parse_export_data
 
@@ -104,8 +104,7 @@ def _read_json(data: Any) -> tuple[str, list[Imported]]:
 def _qwen_chat(data: dict) -> Imported:
     title, messages = parse_export_data(data)  # decoded once (the whole file's size is checked)
     created = _number(data.get("created_at"))
-    ident = data.get("id") if isinstance(data.get("id"), str) else hashlib.sha256(
-        json.dumps(messages, sort_keys=True).encode()).hexdigest()[:32]
+    ident = data.get("id") if isinstance(data.get("id"), str) else json_digest(messages)[:32]
     times = [_number(m.get("created_at")) for m in data["messages"] if isinstance(m, dict)]
     for m, t in zip(messages, times):
         m["created_at"] = t or created
@@ -168,8 +167,7 @@ def _chatgpt(c: dict, index: int) -> Imported:
         messages.append({"role": role, "content": text, "status": COMPLETE,
                          "created_at": _number(m.get("create_time"))})
     created = _number(c.get("create_time")) or 0.0
-    ident = c.get("conversation_id") or c.get("id") or hashlib.sha256(
-        json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    ident = c.get("conversation_id") or c.get("id") or json_digest(c)[:32]
     _fill_times(messages, created)
     return Imported(f"chatgpt:{ident}", str(c.get("title") or ""), created,
                     _number(c.get("update_time")) or created, messages)

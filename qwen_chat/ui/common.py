@@ -3,8 +3,6 @@ config.yaml once per message, and the view of a conversation. No components are 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +12,7 @@ from gradio.context import LocalContext
 from .. import i18n
 from ..chat import ChatService, ReplyUpdate, config_warnings
 from ..config import Config
+from ..digests import json_digest
 from ..display import shown
 from ..store import STREAMING
 from . import listing
@@ -28,10 +27,6 @@ MAX_TABS = 1000  # tabs whose list is remembered (Page.listing), the oldest forg
 # A chat handed to a tab this recently (switching, new chat, a reply sent) is left alone by the
 # live tick (live.py): a tick that set out before it would put the previous one back.
 SETTLE_S = 1.0
-
-
-def digest(value) -> str:
-    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def lang_of(request: gr.Request | None) -> str:
@@ -117,13 +112,13 @@ class Page:
 
     def handed(self, value: dict) -> dict:
         """Remember `value` as the list the tab of the event being handled is handed."""
-        _remember(self._lists, digest(value))
+        _remember(self._lists, json_digest(value))
         return value
 
     def shows_list(self, session: str, value: dict) -> bool:
         """Whether the tab was last handed this very list (live.py sends only a different one:
         a list sent again closes a row's open menu)."""
-        return self._lists.get(session) == digest(value)
+        return self._lists.get(session) == json_digest(value)
 
     def chat_of(self, owner: str | None, conversation_id: str | None, lang: str,
                 messages: list | None = None) -> list[dict]:
