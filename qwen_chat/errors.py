@@ -35,8 +35,4 @@ class StorageFull(QwenChatError):
 
 class GrammarError(QwenChatError, ValueError):
     """A constraint on a reply (a JSON schema, a tool's parameters) cannot be compiled: the
-    message says why. `param` names the request parameter it came from, where known."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
+    message says why."""

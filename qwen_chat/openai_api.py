@@ -146,8 +146,8 @@ def router(service: ChatService, *, model_id: str, api_key: str, key_required: b
             generation = await run_in_threadpool(service.engine.generate, req.messages, req.sampling,
                                                  cache_family=CACHE_FAMILY, tools=req.tools or None)
         except GrammarError as exc:
-            return ApiError(400, f"Invalid '{exc.param or 'response_format'}': {exc}",
-                            param=exc.param or "response_format").response()
+            return ApiError(400, f"Invalid '{req.grammar_param}': {exc}",
+                            param=req.grammar_param).response()
         output = Output(req, generation, service.engine.token_bytes)
         ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if req.stream:

@@ -228,6 +228,8 @@ class ChatRequest:
                 raise ApiError(400, "'response_format' with 'tools' is not served: ask for one of "
                                     "them.", param="response_format")
             grammar = json_spec(schema)
+        # What a grammar that fails to compile is blamed on (the two are never asked together).
+        self.grammar_param = "tools" if self.tools else "response_format"
         wants = [p for p, on in (("tools", self.tools), ("response_format", grammar and not self.tools),
                                  ("logprobs", self.logprobs is not None)) if on]
         if wants and not getattr(service.engine, "constrained", False):

@@ -167,7 +167,10 @@ def test_no_parameter_is_silently_ignored(app_servers, tiny_dir):
                (dict(tools=[TOOL], response_format={"type": "json_object"}), "response_format"),
                (dict(response_format={"type": "json_schema", "json_schema": {
                    "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}}),
-                "response_format")]
+                "response_format"),
+               (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {
+                   "type": "object", "properties": {"a": {"type": "nonsense"}}}}}], tool_choice="required"),
+                "tools")]
     for options, param in invalid:
         with pytest.raises(openai.BadRequestError) as err:
             api.chat.completions.create(model=tiny_dir.name, messages=FRANCE, **options)

@@ -27,14 +27,6 @@ from ..errors import GrammarError
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
-def available() -> bool:
-    try:
-        import llguidance  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def json_grammar(schema: dict | None) -> str:
     """Output that is one JSON value of `schema` (None: any JSON object)."""
     from llguidance import LLMatcher
@@ -94,21 +86,14 @@ class Grammars:
 
     def constraint(self, spec: str) -> "Constraint":
         """A reply's constraint from its Sampling.grammar (json_spec or tools_spec); raises
-        GrammarError (with the request parameter it came from) if it cannot be compiled."""
-        grammar, param = self.compile(spec)
-        try:
-            return Constraint(self.info, grammar, self.vocab_size)
-        except GrammarError as exc:  # compiled once: the matcher says what is wrong
-            raise GrammarError(str(exc), param) from None
+        GrammarError if it cannot be compiled (compiled once: the matcher says what is wrong)."""
+        return Constraint(self.info, self.compile(spec), self.vocab_size)
 
-    def compile(self, spec: str) -> tuple[str, str]:
+    def compile(self, spec: str) -> str:
         data = json.loads(spec)
         if "tools" in data:
-            return tool_call_grammar(self.tokenizer, data["tools"], parallel=data["parallel"]), "tools"
-        try:
-            return json_grammar(data["json_schema"]), "response_format"
-        except GrammarError as exc:
-            raise GrammarError(str(exc), "response_format") from None
+            return tool_call_grammar(self.tokenizer, data["tools"], parallel=data["parallel"])
+        return json_grammar(data["json_schema"])
 
 
 class Constraint:
@@ -132,6 +117,3 @@ class Constraint:
     def advance(self, token: int) -> None:
         self.matcher.consume_token(token)
 
-    @property
-    def failed(self) -> bool:
-        return self.matcher.is_error()
