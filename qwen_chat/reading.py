@@ -22,6 +22,7 @@ from .store import Message
 
 DEFAULT_RATE = 300.0  # prompt tokens a second before any was measured (2 cores, int8)
 PARSED_KEPT = 16
+EXPANDED_KEPT = 256  # earlier messages' files as written in (attachments.expand's memo)
 LONG_CHARS = 60_000  # beyond this a document's tokens are estimated, not counted (it is long)
 CHARS_PER_TOKEN = 3.0
 
@@ -44,6 +45,8 @@ class Reading:
         self.attachments = Attachments(self.store)
         self._parsed: OrderedDict[tuple, ReadFile] = OrderedDict()
         self._parsed_lock = threading.Lock()
+        self._expanded: OrderedDict[tuple, str] = OrderedDict()
+        self._expanded_lock = threading.Lock()
         self.prefill_rate: float | None = None  # prompt tokens a second, last measured
 
     def read_file(self, path: str) -> ReadFile:
@@ -99,7 +102,12 @@ class Reading:
         attached = self.attachments.of(conversation_id) if conversation_id else {}
         if not attached:
             return stored, []
-        return attachments.expand(stored, attached, self.attachments, budget, self.engine.count_tokens)
+        with self._expanded_lock:
+            expanded = attachments.expand(stored, attached, self.attachments, budget,
+                                          self.engine.count_tokens, memo=self._expanded)
+            while len(self._expanded) > EXPANDED_KEPT:
+                self._expanded.popitem(last=False)
+        return expanded
 
     def measured_prefill(self, new_tokens: int, seconds: float | None) -> None:
         """A reply's prompt was read: `new_tokens` in `seconds` (long enough ones count)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
@@ -15,7 +16,7 @@ from qwen_chat.chat import ChatService
 from qwen_chat.config import ConfigWatcher, load_config
 from qwen_chat.documents import DocumentRefused
 from qwen_chat.engine.local import Engine
-from qwen_chat.store import Store
+from qwen_chat.store import Message, Store
 
 OWNER = "d" * 32
 
@@ -203,6 +204,28 @@ def test_an_edited_or_retried_message_keeps_its_documents(service, tmp_path):
                           "MATCH '\"rice\"'").fetchone() == (1,)
     finally:
         db.close()
+
+
+def test_typing_reads_an_earlier_messages_file_once(service, tmp_path, monkeypatch):
+    """Every keystroke's prefill builds the prompt again: an earlier message's file is written
+    in from memory, the same text; an edited message (other words) is expanded afresh."""
+    note = tmp_path / "note.md"
+    note.write_text("The list says: tea, rice, 青菜.", encoding="utf-8")
+    cid = list(service.send(OWNER, None, "What is on the list?", files=[str(note)]))[-1].conversation.id
+    reads = []
+    text = service.attachments.text
+    monkeypatch.setattr(service.attachments, "text", lambda i: reads.append(i) or text(i))
+    budget = service.input_budget()
+    stored = service.messages(OWNER, cid)
+    draft = Message(0, cid, "user", "And the price?", 0.0)
+    first, _ = service.with_documents([*stored, draft], budget)
+    for typed in ("And the price", "And the price of tea?"):
+        again, _ = service.with_documents([*stored, replace(draft, content=typed)], budget)
+        assert again[0].content == first[0].content
+    assert first[0].content.startswith('<document name="note.md">') and len(reads) == 1
+    edited = [replace(stored[0], content="What is on the list, in order?"), *stored[1:], draft]
+    assert service.with_documents(edited, budget)[0][0].content.endswith("in order?")
+    assert len(reads) == 2
 
 
 def test_deleting_the_conversation_deletes_its_documents(service, tmp_path):
