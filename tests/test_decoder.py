@@ -173,6 +173,20 @@ def test_a_digits_model_caches_bf16_keys_and_values_close_to_float32_ones(refere
 
 
 @pytest.mark.skipif(digits.digit_format() is None, reason="no exact fbgemm int8 GEMM on this CPU")
+def test_layers_packed_two_at_a_time_are_the_ones_packed_one_by_one(reference, monkeypatch):
+    engine = torch.backends.quantized.engine  # process-wide: packing must put it back
+    x = ids(reference, 1, 20)
+    logits = []
+    for threads in (1, 2):
+        monkeypatch.setattr(decoder, "PACK_THREADS", threads)
+        model, _ = precision.apply_precision(copy.deepcopy(reference), "int8")
+        with torch.inference_mode():
+            logits.append(model(x).logits)
+    assert torch.equal(*logits)
+    assert torch.backends.quantized.engine == engine
+
+
+@pytest.mark.skipif(digits.digit_format() is None, reason="no exact fbgemm int8 GEMM on this CPU")
 def test_the_scripted_layers_compute_what_the_python_loop_does(reference):
     model, _ = precision.apply_precision(copy.deepcopy(reference), "int8")
     assert model.decoder.script_args is not None  # TorchScript runs this model's layers

@@ -22,6 +22,7 @@ it against transformers' forward. Models of another shape keep transformers' for
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 
 from . import scripted
 from .attention import PACK_ROWS
-from .digits import DigitFormat, DigitsLinear
+from .digits import DigitFormat, DigitsLinear, fbgemm_engine
 from .quantized import Int8Linear
 from .scripted import attend, rms, rotate
 
@@ -43,6 +44,10 @@ ROOM = 256  # tokens of spare room a cache grows by (keys and values written in 
 # by 0.15 GB (its activations, twice the rows in digits); in parts of 256 it stays flat, and
 # their attention is the packed kind (attention.PACK_ROWS).
 CHUNK = 256
+# Threads that pack int8 layers for fbgemm at start (each layer's packing is one thread's work):
+# the 97 products of Qwen2.5-0.5B took about 1.9 s one after the other, about 1 s two at a time.
+# They end when the packing is done, taking their OpenMP pools with them (see scheduler.py).
+PACK_THREADS = 2
 _OUTPUT_CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
@@ -75,6 +80,14 @@ def _fuse(parts: list[nn.Module], fmt: DigitFormat | None, release=None) -> tupl
     if release is not None:
         release([p.qweight for p in parts])
     return (fused,)
+
+
+def _fuse_all(groups: list[list[nn.Module]], fmt: DigitFormat | None, release=None) -> list[tuple[nn.Module, ...]]:
+    """_fuse of each group, PACK_THREADS at a time where there are int8 layers to pack."""
+    if fmt is None:
+        return [tuple(parts) for parts in groups]
+    with fbgemm_engine(), ThreadPoolExecutor(PACK_THREADS, thread_name_prefix="qwen-chat-pack") as pool:
+        return list(pool.map(lambda parts: _fuse(parts, fmt, release), groups))
 
 
 def _project(parts: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
@@ -147,17 +160,19 @@ class Decoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = self.head_dim ** -0.5
         self.embed, self.rotary, self.norm = inner.embed_tokens, inner.rotary_emb, inner.norm
-        self.layers = []
+        groups = []  # each layer's four products (q/k/v and gate/up fused once), then lm_head
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
             qkv, gate_up = attn._modules.get("qkv_proj"), mlp._modules.get("gate_up_proj")
-            self.layers.append((layer.input_layernorm,
-                                (qkv,) if qkv is not None else _fuse([attn.q_proj, attn.k_proj, attn.v_proj], digits, release),
-                                _fuse([attn.o_proj], digits, release),
-                                layer.post_attention_layernorm,
-                                (gate_up,) if gate_up is not None else _fuse([mlp.gate_proj, mlp.up_proj], digits, release),
-                                _fuse([mlp.down_proj], digits, release)))
-        self.head = _fuse([model.lm_head], digits, release)[0]
+            groups += [[qkv] if qkv is not None else [attn.q_proj, attn.k_proj, attn.v_proj],
+                       [attn.o_proj],
+                       [gate_up] if gate_up is not None else [mlp.gate_proj, mlp.up_proj],
+                       [mlp.down_proj]]
+        products = _fuse_all([*groups, [model.lm_head]], digits, release)
+        self.layers = [(layer.input_layernorm, *products[4 * i:4 * i + 2],
+                        layer.post_attention_layernorm, *products[4 * i + 2:4 * i + 4])
+                       for i, layer in enumerate(inner.layers)]
+        self.head = products[-1][0]
         self.script_args = self._script_args()
 
     def _script_args(self) -> tuple | None:

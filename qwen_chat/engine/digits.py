@@ -24,6 +24,7 @@ assumed; if neither is (or there is no fbgemm), the weight-only kernel stays.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
@@ -53,6 +54,18 @@ class DigitFormat:
 FORMATS = (DigitFormat(127, False), DigitFormat(63, True))
 
 
+@contextlib.contextmanager
+def fbgemm_engine():
+    """torch's quantized engine set to fbgemm meanwhile (a process-wide setting: threads that
+    pack at once are put inside one of these, so that none restores it under another)."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
 def _pack(qweight: torch.Tensor, scale: torch.Tensor):
     """fbgemm's packed form of int8 rows with per-row scales (a copy; `qweight` may go)."""
     with warnings.catch_warnings():
@@ -62,12 +75,8 @@ def _pack(qweight: torch.Tensor, scale: torch.Tensor):
         rows = qweight.shape[0]
         wq = torch._make_per_channel_quantized_tensor(
             qweight.contiguous(), scale.double(), torch.zeros(rows, dtype=torch.long), 0)
-        previous = torch.backends.quantized.engine
-        torch.backends.quantized.engine = "fbgemm"
-        try:
+        with fbgemm_engine():
             return torch.ops.quantized.linear_prepack(wq, None)
-        finally:
-            torch.backends.quantized.engine = previous
 
 
 class DigitsLinear(nn.Module):
