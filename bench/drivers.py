@@ -93,8 +93,6 @@ def chat_http(url: str) -> Converse:
     """`/chat` over Gradio's own HTTP protocol, as `curl` (README.md), a script in any language,
     or the page's JavaScript client reads it: POST the inputs to `gradio_api/call/chat`, then
     read the reply's updates as server-sent events. No client library between app and clock."""
-    import json
-
     import httpx
 
     http = httpx.Client(base_url=f"{url.rstrip('/')}/gradio_api/call/chat", trust_env=False,
@@ -102,19 +100,31 @@ def chat_http(url: str) -> Converse:
     owner = secrets.token_hex(16)
 
     def send(conversation: str, message: str) -> Iterator[dict]:
-        posted = http.post("", json={"data": [owner, conversation, message]})
-        posted.raise_for_status()
-        event = ""
-        with http.stream("GET", f"/{posted.json()['event_id']}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:") and event == "error":
-                    raise RuntimeError(f"/chat failed: {line[5:].strip()}")
-                elif line.startswith("data:") and event in ("generating", "complete"):
-                    yield json.loads(line[5:])[0]
+        for event, update in chat_events(http, owner, conversation, message):
+            if event == "error":
+                raise RuntimeError(f"/chat failed: {update}")
+            yield update
 
     return _chat(send)
+
+
+def chat_events(http: Any, owner: str, conversation_id: str, message: str) -> Iterator[tuple[str, Any]]:
+    """One message on `/chat` over Gradio's HTTP protocol, with `http` an httpx.Client based at
+    `.../gradio_api/call/chat`: POST the inputs, then the reply's server-sent events as
+    ("generating" or "complete", update) pairs, or ("error", what the server said)."""
+    import json
+
+    posted = http.post("", json={"data": [owner, conversation_id, message]})
+    posted.raise_for_status()
+    event = ""
+    with http.stream("GET", f"/{posted.json()['event_id']}") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "error":
+                yield event, line[5:].strip()
+            elif line.startswith("data:") and event in ("generating", "complete"):
+                yield event, json.loads(line[5:])[0]
 
 
 def openai_stream(base_url: str, *, system: str, max_tokens: int, model: str | None = None) -> Converse:

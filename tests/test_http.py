@@ -69,7 +69,7 @@ def test_streamed_answer_is_saved_and_survives_a_restart(app_servers, gguf_path)
                      "ORDER BY id", [conversation_id])
     assert [(r["role"], r["status"]) for r in rows] == [("user", "complete"),
                                                          ("assistant", "complete")]
-    user, reply = rows[:2]
+    user, reply = rows
     assert user["content"] == QUESTION
     assert reply["content"] == final["text"]
     assert reply["new_tokens"] == final["new_tokens"] > 0
@@ -94,9 +94,11 @@ def test_streamed_answer_is_saved_and_survives_a_restart(app_servers, gguf_path)
     listed = client.predict(owner, api_name="/conversations")
     assert [c["id"] for c in listed] == [conversation_id]
     assert listed[0]["title"] == QUESTION
-    assert listed[0]["messages"][:2] == [
+    assert listed[0]["messages"] == [
         {"role": "user", "content": QUESTION, "status": "complete"},
-        {"role": "assistant", "content": final["text"], "status": "complete"}]
+        {"role": "assistant", "content": final["text"], "status": "complete"},
+        {"role": "user", "content": "And of Italy?", "status": "complete"},
+        {"role": "assistant", "content": events[-1][1]["text"], "status": "complete"}]
     assert client.predict(secrets.token_hex(16), api_name="/conversations") == []
 
     # Another owner who learns the id cannot write into the conversation: a plain error.
@@ -106,24 +108,15 @@ def test_streamed_answer_is_saved_and_survives_a_restart(app_servers, gguf_path)
 
 
 def chat_over_http(url: str, owner: str, conversation_id: str, message: str) -> list[tuple[str, dict]]:
-    """/chat over Gradio's HTTP protocol (README.md's curl example): POST the inputs, then the
-    reply's server-sent events, as (event name, update) pairs."""
-    import json
-
+    """/chat over Gradio's HTTP protocol (README.md's curl example), as bench/app.py reads it:
+    the reply's server-sent events, as (event name, update) pairs."""
     import httpx
+
+    from bench.drivers import chat_events
 
     with httpx.Client(base_url=f"{url.rstrip('/')}/gradio_api/call/chat", trust_env=False,
                       timeout=120) as http:
-        posted = http.post("", json={"data": [owner, conversation_id, message]})
-        posted.raise_for_status()
-        events, name = [], ""
-        with http.stream("GET", f"/{posted.json()['event_id']}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    name = line[6:].strip()
-                elif line.startswith("data:"):
-                    events.append((name, json.loads(line[5:])[0]))
-        return events
+        return list(chat_events(http, owner, conversation_id, message))
 
 
 def test_misspelt_config_key_names_the_key_and_the_fix(tmp_path):
