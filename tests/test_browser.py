@@ -106,7 +106,14 @@ def menu(row, action: str) -> None:
     row.locator(f'[data-act="{action}"]').click()
 
 
+def ready_to_send(page) -> None:
+    """Wait until the tab's last reply has ended: Send shows again (the box stays open while a
+    reply is written, but Enter sends only then)."""
+    page.locator("#message .submit-button").wait_for(timeout=60_000)
+
+
 def send(page, text: str) -> None:
+    ready_to_send(page)
     box = page.locator("#message textarea")
     box.fill(text)
     box.press("Enter")
@@ -161,6 +168,7 @@ def test_chat_journey_in_a_real_browser(browser, app_servers, gguf_path):
         box = page.locator("#message textarea")
         box.press_sequentially(SECOND, delay=60)
         time.sleep(2)  # the user reads what they typed; the last draft (~15 tokens) is prefilled
+        ready_to_send(page)
         box.press("Enter")
         expect(chatbot.locator('[data-testid="user"]')).to_have_text(SECOND, timeout=30_000)
         second = finished_replies(server.db_path, 2)[1]

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.server import app_servers  # noqa: F401 - fixture
-from tests.test_browser import SHOTS, browser, menu, open_app, send  # noqa: F401 - a fixture
+from tests.test_browser import SHOTS, browser, menu, open_app, ready_to_send, send  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -59,10 +59,16 @@ def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
     # Stop mid-reply: the generation ends, the partial reply is kept and marked.
     send(page, "Write a very long story about a brave dragon and a clever knight.")
     wait_for(lambda: len(bot.last.inner_text()) > 40 if bot.count() else False)
-    box = page.locator("#message textarea")
-    expect(box).to_be_disabled()  # one message at a time: locked while the reply streams
-    page.locator("#message .stop-button").click()
+    # The box stays open while the reply is written: the next message is typed meanwhile,
+    # Enter does not send it yet (one reply at a time), and Stop leaves it in the box.
+    box, users = page.locator("#message textarea"), chatbot.locator('[data-testid="user"]')
     expect(box).to_be_enabled()
+    box.fill("Say **hello** to $$E = mc^2$$ please")
+    box.press("Enter")
+    time.sleep(1.0)
+    expect(users).to_have_count(1)
+    page.locator("#message .stop-button").click()
+    expect(page.locator("#message .submit-button")).to_be_visible()
     stopped = wait_for(lambda: [r for r in replies(server.db_path) if r["status"] != "streaming"])
     assert stopped[0]["status"] == "stopped", stopped
     assert 0 < stopped[0]["new_tokens"] < MAX_TOKENS / 2
@@ -70,10 +76,12 @@ def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
     tokens_at_stop = stopped[0]["new_tokens"]
     time.sleep(1.0)
     assert replies(server.db_path)[0]["new_tokens"] == tokens_at_stop  # nothing ran on
+    expect(box).to_have_value("Say **hello** to $$E = mc^2$$ please")
 
-    # The next message is answered: the engine is free again. Markdown and LaTeX render.
-    send(page, "Say **hello** to $$E = mc^2$$ please")
-    user = chatbot.locator('[data-testid="user"]').last
+    # Enter now sends what was typed, and it is answered: the engine is free again. Markdown
+    # and LaTeX render.
+    box.press("Enter")
+    user = users.last
     expect(user.locator("strong")).to_have_text("hello")
     expect(user.locator(".katex").first).to_be_visible()
     wait_for(lambda: bot.count() == 2 and len(bot.last.inner_text()) > 0)  # it is answered
@@ -119,6 +127,43 @@ def test_stop_rendering_rename_and_delete(browser, app_servers, gguf_path):
     zh = open_app(browser.new_context(locale="zh-CN"), server.url)
     expect(zh.locator("#new-chat")).to_have_text("+ 新对话")
     expect(zh.locator("#message .submit-button")).to_have_text("发送")
+
+
+def test_the_next_message_is_typed_while_a_reply_is_written(browser, app_servers, gguf_path):
+    """The box stays open while a reply is written (ChatInterface locks it, and empties it as
+    the reply ends): what is typed meanwhile is still there when the reply ends by itself, on a
+    retry too, and Enter then sends it."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)
+    server = app_servers(model=gguf_path, extra_config={"max_new_tokens": 300, "temperature": 0.7})
+    page = open_app(browser.new_context(viewport={"width": 1280, "height": 900}), server.url)
+    box, stop = page.locator("#message textarea"), page.locator("#message .stop-button")
+    users = page.locator('#chatbot [data-testid="user"]')
+
+    send(page, "Write a very long story about a brave dragon and a clever knight.")
+    stop.wait_for()
+    box.fill("What is the capital of France?")
+    expect(stop).to_be_visible()  # typed while the reply is written
+    box.press("Enter")  # not sent: the reply has not ended
+    ready_to_send(page)  # it ends by itself
+    [first] = wait_for(lambda: [r for r in replies(server.db_path) if r["status"] == "complete"])
+    expect(box).to_have_value("What is the capital of France?")
+    expect(users).to_have_count(1)
+
+    page.locator('#chatbot button[aria-label="Retry"]').click()
+    stop.wait_for()
+    box.press_sequentially(" One word.")
+    expect(stop).to_be_visible()  # typed while the retry's reply is written
+    ready_to_send(page)
+    wait_for(lambda: [r for r in replies(server.db_path)
+                      if r["status"] == "complete" and r["id"] != first["id"]])
+    expect(box).to_have_value("What is the capital of France? One word.")
+    box.press("Enter")
+    expect(users).to_have_count(2)
+    expect(users.last).to_have_text("What is the capital of France? One word.")
+    wait_for(lambda: len(replies(server.db_path)) == 2
+             and replies(server.db_path)[-1]["status"] == "complete")
 
 
 def test_a_message_stopped_while_it_waits_for_its_turn_is_kept(browser, app_servers, gguf_path,

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.server import app_servers  # noqa: F401 - fixture
-from tests.test_browser import SHOTS, browser, open_app, send  # noqa: F401 - browser is a fixture
+from tests.test_browser import SHOTS, browser, open_app, ready_to_send, send  # noqa: F401 - browser is a fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -95,6 +95,7 @@ def test_edit_retry_and_undo(browser, app_servers, tiny_dir):
     expect(box).to_have_value("first question, edited")
     assert len(stored(server.db_path)) == 2
     box.fill("a new first question")
+    ready_to_send(page)
     box.press("Enter")
     rows = wait_for_new_reply(server.db_path, 2, rows[-1]["id"])
     assert rows[0]["content"] == "a new first question"

@@ -1,5 +1,6 @@
 """What the page does in the browser alone, with no server event: keys (Ctrl+K search, Esc
-stop; Enter sends and Shift+Enter is a new line in the box by Gradio's own textbox), the dark
+stop; Enter sends and Shift+Enter is a new line in the box by Gradio's own textbox; Enter held
+back while a reply is written, the box open to write the next message), the dark
 mode toggle (the system's choice until the user picks one, then theirs, kept in this browser),
 the sidebar closed on a phone, and reading a reply aloud through the browser's speech synthesis (a Chinese voice for Chinese
 text, an English one otherwise, where the browser has them)."""
@@ -46,6 +47,18 @@ JS = r"""
       else if (streaming) { e.preventDefault(); document.querySelector('#stop-reply')?.click(); }
     }
   });
+
+  // The box stays open while a reply is written, to write the next message; Enter sends it
+  // once the reply has ended (while Stop shows, Enter does nothing, as in ChatGPT).
+  const holdEnter = (e) => {
+    if (e.key !== 'Enter' || e.shiftKey || e.isComposing) return;
+    if (!e.target.closest || !e.target.closest('#message')) return;
+    if (!visible(document.querySelector('#message .stop-button'))) return;
+    e.preventDefault();
+    e.stopImmediatePropagation();
+  };
+  document.addEventListener('keydown', holdEnter, true);
+  document.addEventListener('keypress', holdEnter, true);
 
   document.addEventListener('click', (e) => {
     if (narrow() && e.target.closest('#conversations .pick, #new-chat')) setTimeout(collapse, 50);

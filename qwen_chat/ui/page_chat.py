@@ -5,9 +5,11 @@ short")."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import gradio as gr
+from gradio.context import get_blocks_context
 
 from ..display import typed
 from .common import FILES_MARK, FILES_SEPARATOR, with_files
@@ -48,6 +50,33 @@ class PageChat(gr.ChatInterface):
         self._show_user = show_user
         super().__init__(*args, **kwargs)
         self._files_at = next(i for i, c in enumerate(self.additional_inputs) if c is files)
+        self._leave_box_open()
+
+    def _clear_and_save_textbox(self, message):
+        """The box emptied as a message is sent, and left open (ChatInterface locks it until the
+        reply ends): the next message can be written while this one is answered. Enter does
+        not send it before then (habits.py)."""
+        return gr.update(value=""), message
+
+    def _leave_box_open(self) -> None:
+        """ChatInterface's own steps around a reply lock the box for a retry and, as a reply
+        ends, empty it: that would throw away what was written meanwhile. Those steps (lambdas
+        of gradio 6.31's chat_interface.py that update the box alone) are made to leave it open
+        and its text in place (tests/test_browser_controls.py)."""
+        for fn in get_blocks_context().fns.values():
+            code = getattr(fn.fn, "__code__", None)
+            if (fn.inputs or fn.outputs != [self.textbox] or code is None
+                    or inspect.iscoroutinefunction(fn.fn) or code.co_name != "<lambda>"
+                    or not code.co_filename.endswith("chat_interface.py")):
+                continue
+            update = fn.fn()
+            if not isinstance(update, dict):
+                continue
+            if update.get("value", "") is None and update.get("interactive") is True:  # a reply's end
+                fn.fn = lambda: gr.update(interactive=True)
+            elif update.get("interactive") is False and "placeholder" in update:  # a retry's start
+                fn.fn = lambda: gr.update(placeholder="")
+            # else: the reply to an edited message keeps the box locked (Esc stops it: habits.py)
 
     async def _stream_fn(self, message, history, *args):
         files = args[self._files_at] if len(args) > self._files_at else None
