@@ -79,3 +79,33 @@ def test_the_server_forgets_the_oldest_page_sessions_past_max_tabs(page):
         demo.state_holder[f"tab-{i}"]
     assert len(demo.state_holder.session_data) == MAX_TABS
     assert "tab-0" not in demo.state_holder and f"tab-{MAX_TABS + 19}" in demo.state_holder
+
+
+def test_a_look_answered_before_a_switch_but_shown_after_it_is_undone_by_the_next(page,
+                                                                                 monkeypatch):
+    """A look answered before the tab's switch can still reach the browser after the switch's
+    answer (the two travel apart) and put the previous chat back there. The next look sees the
+    tab showing another chat than its own events handed it, and hands that one back."""
+    service, handlers = page
+    owner = "b" * 32
+    first, second = (service.store.create_conversation(owner, title) for title in ("one", "two"))
+    for conversation in (first, second):
+        service.store.add_message(conversation.id, "user", f"hello {conversation.title}")
+    tick, open_conversation = handlers["tick"], handlers["open_conversation"]
+    monkeypatch.setattr("qwen_chat.ui.common.SETTLE_S", 0.0)
+    synced = tick(owner, first.id, 0, {}, "", as_tab("tab-1"))[5]
+
+    open_conversation(owner, "", gr.EventData(None, {"id": second.id}), as_tab("tab-1"))
+    # The browser applied an earlier look's answer last: the tab shows "one" again.
+    _, current, chat, _, seen, _ = tick(owner, first.id, 1, synced, "", as_tab("tab-1"))
+    assert current == second.id and [m["content"] for m in chat] == ["hello two"] and seen == 1
+
+    # A tab that shows what it was handed is left as it is (nothing changed).
+    again = tick(owner, second.id, 1, tick(owner, second.id, 1, {}, "", as_tab("tab-1"))[5], "",
+                 as_tab("tab-1"))
+    assert all(isinstance(out, type(gr.skip())) for out in again), again
+
+    # A new chat is handed back the same way: as empty.
+    handlers["new_chat"](owner, as_tab("tab-1"))
+    _, current, chat, _, seen, _ = tick(owner, second.id, 1, synced, "", as_tab("tab-1"))
+    assert current is None and chat == [] and seen == 0

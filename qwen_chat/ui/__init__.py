@@ -66,7 +66,7 @@ def build_ui(service: ChatService, *, secret: str, phone: phone_ui.PhoneAccess |
             convs = service.conversations(owner)
             current = convs[0].id if convs else None
             return (owner, page.listing(owner, current, lang), current,
-                    *page.shows(page.chat_of(owner, current, lang)), "", told)
+                    *page.shows(page.chat_of(owner, current, lang), current), "", told)
 
         switched.append(demo.load(
             on_load, [page.owner, page.told],

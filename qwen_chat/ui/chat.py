@@ -135,7 +135,7 @@ def render(page: Page) -> PageChat:
                 gr.Warning(i18n.text(lang, "disk_full", detail=str(exc)))
                 yield f"⚠️ {exc}", known, gr.skip(), "", told, seen
             finally:
-                page.opened()  # the reply's end; while it sends, ticks skip the tab
+                page.opened(known)  # the reply's end; while it sends, ticks skip the tab
 
     def typing(owner, current, settings, text, files, request: gr.Request):
         """The message box changed (or a file was attached): prefill what it holds while the
@@ -202,8 +202,9 @@ def render(page: Page) -> PageChat:
             if not conversation_id:
                 return (gr.skip(),) * 4 + (placeholder, listing, *files_out)
             service.wait_saved(owner, conversation_id)
-            return (conversation_id, *page.shows(page.chat_of(owner, conversation_id, lang)),
-                    placeholder, listing, *files_out)
+            chat = page.chat_of(owner, conversation_id, lang)
+            return (conversation_id, *page.shows(chat, conversation_id), placeholder, listing,
+                    *files_out)
         except NotFound:
             return (gr.skip(),) * 4 + (placeholder, listing, *files_out)
 

@@ -29,6 +29,13 @@ MAX_TABS = 1000  # tabs whose list is remembered (Page.listing), the oldest forg
 SETTLE_S = 1.0
 
 
+class Unknown:
+    """What Page.handed_chat says of a tab that no event of its own has handed a chat."""
+
+
+UNKNOWN = Unknown()
+
+
 def lang_of(request: gr.Request | None) -> str:
     headers = getattr(request, "headers", None) or {}
     return i18n.language(headers.get("accept-language"))
@@ -75,7 +82,7 @@ class Page:
     system_box: gr.Markdown | None = None
     replies: list = field(default_factory=list)  # the events that stream a reply (to cancel)
     _lists: dict = field(default_factory=dict)  # tab (session) -> digest of its list's value
-    _opened: dict = field(default_factory=dict)  # tab (session) -> when it was last handed a chat
+    _opened: dict = field(default_factory=dict)  # tab (session) -> (when, which chat) it was last handed
 
     @property
     def private(self) -> dict:
@@ -83,23 +90,35 @@ class Page:
         the engine batches (the queue's default would be one)."""
         return dict(api_visibility="private", concurrency_limit=self.service.engine.max_batch)
 
-    def shows(self, chat: list[dict], *, opened: bool = True) -> tuple[list[dict], list[dict], int]:
-        """Outputs [chatbot, history, seen] for a chat loaded from the store. ChatInterface's
-        history holds messages as the chatbot hands them back (content as a list of blocks:
-        its retry and undo read them so), hence the round trip through the chatbot.
-        `opened`: the tab's own event hands it (not the live tick's refresh)."""
+    def shows(self, chat: list[dict], conversation_id: str | None = None, *,
+              opened: bool = True) -> tuple[list[dict], list[dict], int]:
+        """Outputs [chatbot, history, seen] for a chat loaded from the store (conversation
+        `conversation_id`; None: a new one). ChatInterface's history holds messages as the
+        chatbot hands them back (content as a list of blocks: its retry and undo read them so),
+        hence the round trip through the chatbot. `opened`: the tab's own event hands it (not
+        the live tick's refresh)."""
         history = self.chatbot.preprocess(self.chatbot.postprocess(chat)) if chat else []
         if opened:
-            self.opened()
+            self.opened(conversation_id)
         return chat, history, len(chat)
 
-    def opened(self) -> None:
-        """Remember when the tab of the event being handled was handed a chat (see SETTLE_S)."""
-        _remember(self._opened, time.monotonic())
+    def opened(self, conversation_id: str | None) -> None:
+        """Remember when, and which chat, the tab of the event being handled was handed (see
+        SETTLE_S and live.py)."""
+        _remember(self._opened, (time.monotonic(), conversation_id))
 
     def opened_lately(self, session: str) -> bool:
         """Whether the tab was handed a chat within SETTLE_S seconds."""
-        return time.monotonic() - self._opened.get(session, float("-inf")) < SETTLE_S
+        return time.monotonic() - self._opened.get(session, (float("-inf"), None))[0] < SETTLE_S
+
+    def rehand(self, session: str, conversation_id: str | None) -> None:
+        """The tab was moved to another chat by a look (its chat was deleted elsewhere)."""
+        if session in self._opened:
+            self._opened[session] = (self._opened[session][0], conversation_id)
+
+    def handed_chat(self, session: str) -> str | None | Unknown:
+        """The chat the tab's own events last handed it (None: a new chat), or UNKNOWN."""
+        return self._opened.get(session, (None, UNKNOWN))[1]
 
     # Reads the builders share ----------------------------------------------------------------
     def listing(self, owner: str | None, current: str | None, lang: str) -> dict:
@@ -140,7 +159,7 @@ class Page:
     def new_chat(self, owner: str | None, lang: str) -> tuple:
         """Outputs [current, chatbot, history, seen, status, conversation list] for a new,
         empty chat."""
-        return (None, *self.shows([]), "", self.listing(owner, None, lang))
+        return (None, *self.shows([], None), "", self.listing(owner, None, lang))
 
     def read_config(self, told: int | None, lang: str) -> tuple[Config, int, tuple[str, ...]]:
         """config.yaml for one message, read once as it arrives: (its settings, the version

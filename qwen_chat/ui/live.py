@@ -9,7 +9,10 @@ chat when it has more or fewer messages than the page shows, or a reply is being
 it by another tab or device (it grows here as it is saved, about once a second). A page that is
 sending a message itself is left alone: its own reply streams into it; so is a page just handed
 a chat by one of its own events (a switch, a new chat): a look that set out before would put the
-previous chat back (Page.opened_lately).
+previous chat back (Page.opened_lately). A look answered before a switch can still reach the
+browser after the switch's answer (they travel apart) and put the previous chat back there: the
+next look finds the tab showing another chat than its own events last handed it (Page.handed_chat)
+and hands that one back.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import gradio as gr
 
 from ..errors import NotFound
 from ..store import STREAMING
-from .common import Page, lang_of
+from .common import UNKNOWN, Page, lang_of
 
 LIVE_INTERVAL = 2.0  # seconds between two looks at the history
 
@@ -39,10 +42,17 @@ def wire(page: Page, timer: gr.Timer, synced: gr.State, search: gr.Textbox) -> N
         if not owner or service.sending(session) or page.opened_lately(session):
             return (*unchanged, gr.skip())
         changes = list(service.changes())
-        if changes == last.get("changes") and not last.get("streaming"):
+        handed = page.handed_chat(session)
+        # The tab shows another chat than its own events last handed it: a look answered before
+        # a switch reached the browser after the switch's answer and put the previous chat back
+        # (the two travel apart). Hand the tab its chat again.
+        undone = handed is not UNKNOWN and handed != (current or None)
+        if changes == last.get("changes") and not last.get("streaming") and not undone:
             return (*unchanged, gr.skip())
+        if undone:
+            current = handed
         lang = lang_of(request)
-        chat = (gr.skip(),) * 4
+        chat = (None, *page.shows([], opened=False)) if undone and not current else (gr.skip(),) * 4
         streaming = False
         if current:
             try:
@@ -50,9 +60,10 @@ def wire(page: Page, timer: gr.Timer, synced: gr.State, search: gr.Textbox) -> N
             except NotFound:  # deleted elsewhere: a new, empty chat
                 current = None
                 chat = (None, *page.shows([], opened=False))
+                page.rehand(session, None)  # the tab's chat from now on
             else:
                 streaming = bool(stored) and stored[-1].status == STREAMING
-                if len(stored) != seen or streaming or last.get("streaming"):
+                if undone or len(stored) != seen or streaming or last.get("streaming"):
                     chat = (current, *page.shows(page.chat_of(owner, current, lang, stored),
                                                           opened=False))
         value = None if (query or "").strip() else page.list_value(owner, current, lang)

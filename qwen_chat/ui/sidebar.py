@@ -70,9 +70,9 @@ def wire(page: Page, side: Sidebar) -> list:
         try:
             chat = page.chat_of(owner, conversation_id, lang)
         except NotFound:
-            return (None, *page.shows([]), "", shown_list(owner, None, query, lang))
+            return (None, *page.shows([], None), "", shown_list(owner, None, query, lang))
         jump = index if isinstance(index, int) and 0 <= index < len(chat) else None
-        return (conversation_id, *page.shows(chat), "",
+        return (conversation_id, *page.shows(chat, conversation_id), "",
                 shown_list(owner, conversation_id, query, lang, jump))
 
     def act(owner, current, query, event: gr.EventData, request: gr.Request):
@@ -91,7 +91,7 @@ def wire(page: Page, side: Sidebar) -> list:
             elif action == "confirm_delete":
                 service.delete(owner, conversation_id)
                 if conversation_id == current:
-                    keep, current = (None, *page.shows([])), None
+                    keep, current = (None, *page.shows([], None)), None
             elif action in ("export_md", "export_json"):
                 file = export(owner, conversation_id, action.removeprefix("export_"))
         return (*keep, shown_list(owner, current, query, lang), file)
@@ -125,7 +125,7 @@ def wire(page: Page, side: Sidebar) -> list:
         if result.newest is None:  # everything was there already
             return (gr.skip(),) * 6
         opened = result.newest.id
-        return (opened, *page.shows(page.chat_of(owner, opened, lang)),
+        return (opened, *page.shows(page.chat_of(owner, opened, lang), opened),
                 page.listing(owner, opened, lang), "")
 
     def export_everything(owner):
