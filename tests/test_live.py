@@ -1,7 +1,8 @@
 """The page's live refresh (ui/live.py) against the tab's own events, driven through the page's
 own handlers (the Blocks' functions as Gradio calls them, with a tab's request), without a
 browser: a look at the history that set out before the tab switched chats must not put the
-previous chat back (it did: in Chromium the switch was undone about one time in thirty)."""
+previous chat back (it did: in Chromium the switch was undone about one time in thirty), and one
+that the browser shows after the switch anyway is undone by the next look."""
 
 from __future__ import annotations
 
@@ -35,12 +36,18 @@ def as_tab(session: str) -> gr.Request:
     return request
 
 
+def two_chats(service, owner: str):
+    """Conversations "one" and "two", each with a message."""
+    chats = [service.store.create_conversation(owner, title) for title in ("one", "two")]
+    for conversation in chats:
+        service.store.add_message(conversation.id, "user", f"hello {conversation.title}")
+    return chats
+
+
 def test_a_look_that_set_out_before_a_switch_leaves_the_switched_tab_alone(page, monkeypatch):
     service, handlers = page
     owner = "a" * 32
-    first, second = (service.store.create_conversation(owner, title) for title in ("one", "two"))
-    for conversation in (first, second):
-        service.store.add_message(conversation.id, "user", f"hello {conversation.title}")
+    first, second = two_chats(service, owner)
     tick, open_conversation = handlers["tick"], handlers["open_conversation"]
     monkeypatch.setattr("qwen_chat.ui.common.SETTLE_S", 1.0)
 
@@ -88,9 +95,7 @@ def test_a_look_answered_before_a_switch_but_shown_after_it_is_undone_by_the_nex
     tab showing another chat than its own events handed it, and hands that one back."""
     service, handlers = page
     owner = "b" * 32
-    first, second = (service.store.create_conversation(owner, title) for title in ("one", "two"))
-    for conversation in (first, second):
-        service.store.add_message(conversation.id, "user", f"hello {conversation.title}")
+    first, second = two_chats(service, owner)
     tick, open_conversation = handlers["tick"], handlers["open_conversation"]
     monkeypatch.setattr("qwen_chat.ui.common.SETTLE_S", 0.0)
     synced = tick(owner, first.id, 0, {}, "", as_tab("tab-1"))[5]

@@ -82,7 +82,7 @@ class Page:
     system_box: gr.Markdown | None = None
     replies: list = field(default_factory=list)  # the events that stream a reply (to cancel)
     _lists: dict = field(default_factory=dict)  # tab (session) -> digest of its list's value
-    _opened: dict = field(default_factory=dict)  # tab (session) -> (when, which chat) it was last handed
+    _opened: dict = field(default_factory=dict)  # tab (session) -> (when, which chat) last handed
 
     @property
     def private(self) -> dict:
@@ -90,7 +90,7 @@ class Page:
         the engine batches (the queue's default would be one)."""
         return dict(api_visibility="private", concurrency_limit=self.service.engine.max_batch)
 
-    def shows(self, chat: list[dict], conversation_id: str | None = None, *,
+    def shows(self, chat: list[dict], conversation_id: str | None, *,
               opened: bool = True) -> tuple[list[dict], list[dict], int]:
         """Outputs [chatbot, history, seen] for a chat loaded from the store (conversation
         `conversation_id`; None: a new one). ChatInterface's history holds messages as the

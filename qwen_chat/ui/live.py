@@ -52,20 +52,22 @@ def wire(page: Page, timer: gr.Timer, synced: gr.State, search: gr.Textbox) -> N
         if undone:
             current = handed
         lang = lang_of(request)
-        chat = (None, *page.shows([], opened=False)) if undone and not current else (gr.skip(),) * 4
+        chat = (gr.skip(),) * 4
+        if undone and not current:  # handed a new chat
+            chat = (None, *page.shows([], None, opened=False))
         streaming = False
         if current:
             try:
                 stored = service.messages(owner, current)
             except NotFound:  # deleted elsewhere: a new, empty chat
                 current = None
-                chat = (None, *page.shows([], opened=False))
+                chat = (None, *page.shows([], None, opened=False))
                 page.rehand(session, None)  # the tab's chat from now on
             else:
                 streaming = bool(stored) and stored[-1].status == STREAMING
                 if undone or len(stored) != seen or streaming or last.get("streaming"):
                     chat = (current, *page.shows(page.chat_of(owner, current, lang, stored),
-                                                          opened=False))
+                                                          current, opened=False))
         value = None if (query or "").strip() else page.list_value(owner, current, lang)
         if page.opened_lately(session):  # the tab switched chats meanwhile: this look is stale
             return (*unchanged, gr.skip())
