@@ -151,19 +151,21 @@ def excerpts_block(excerpts: list[Excerpt]) -> str:
 
 
 def expand(messages: list, attached: dict[int, list[Attachment]], store: Attachments,
-           budget: int, count, memo: dict | None = None) -> tuple[list, list[Excerpt]]:
+           budget: int, count, memo=None) -> tuple[list, list[Excerpt]]:
     """`messages` (store.Message) with their documents written into the text the model reads,
     and the excerpts used for the last message (to cite under the reply). `memo` keeps what an
     earlier message with its own files expanded to (by its id, text, files and the budget):
-    the same at every keystroke's prefill, so read and searched once."""
+    the same at every keystroke's prefill, so read and searched once. Any mapping with `get`
+    and item assignment (reading.Kept)."""
     out, cited = [], []
     long_docs = [a for group in attached.values() for a in group if not a.short]
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
     for i, m in enumerate(messages):
         own = attached.get(m.id, []) if m.role == "user" else []
         key = (m.id, m.content, tuple(a.id for a in own), budget) if own and i != last_user else None
-        if memo is not None and key in memo:
-            out.append(replace(m, content=memo[key]))
+        known = memo.get(key) if memo is not None and key is not None else None
+        if known is not None:
+            out.append(replace(m, content=known))
             continue
         blocks = [document_block(a.name, store.text(a.id)) for a in own if a.short]
         # The files a message was sent with; and for the latest question sent without any,

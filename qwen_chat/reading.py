@@ -27,6 +27,26 @@ LONG_CHARS = 60_000  # beyond this a document's tokens are estimated, not counte
 CHARS_PER_TOKEN = 3.0
 
 
+class Kept:
+    """A memo of at most `size` entries, the oldest dropped first; safe to share between the
+    threads of several tabs (each call holds its lock for the call alone)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            return self._entries.get(key, default)
+
+    def __setitem__(self, key, value) -> None:
+        with self._lock:
+            self._entries[key] = value
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
 @dataclass(frozen=True)
 class ReadFile:
     document: Document
@@ -43,10 +63,8 @@ class Reading:
 
     def _init_reading(self) -> None:
         self.attachments = Attachments(self.store)
-        self._parsed: OrderedDict[tuple, ReadFile] = OrderedDict()
-        self._parsed_lock = threading.Lock()
-        self._expanded: OrderedDict[tuple, str] = OrderedDict()
-        self._expanded_lock = threading.Lock()
+        self._parsed = Kept(PARSED_KEPT)  # (path, size, mtime) -> ReadFile
+        self._expanded = Kept(EXPANDED_KEPT)  # attachments.expand's memo
         self.prefill_rate: float | None = None  # prompt tokens a second, last measured
 
     def read_file(self, path: str) -> ReadFile:
@@ -55,8 +73,7 @@ class Reading:
         p = Path(path)
         stat = p.stat()
         key = (str(p), stat.st_size, stat.st_mtime_ns)
-        with self._parsed_lock:
-            found = self._parsed.get(key)
+        found = self._parsed.get(key)
         if found is not None:
             return found
         document = documents.read(p.name, p.read_bytes())
@@ -65,10 +82,7 @@ class Reading:
         else:
             tokens = self.engine.count_tokens([{"role": "user", "content": document.text}])
         found = ReadFile(document, tokens)
-        with self._parsed_lock:
-            self._parsed[key] = found
-            while len(self._parsed) > PARSED_KEPT:
-                self._parsed.popitem(last=False)
+        self._parsed[key] = found
         return found
 
     def reading_cost(self, read: ReadFile) -> tuple[int, float]:
@@ -102,12 +116,8 @@ class Reading:
         attached = self.attachments.of(conversation_id) if conversation_id else {}
         if not attached:
             return stored, []
-        with self._expanded_lock:
-            expanded = attachments.expand(stored, attached, self.attachments, budget,
-                                          self.engine.count_tokens, memo=self._expanded)
-            while len(self._expanded) > EXPANDED_KEPT:
-                self._expanded.popitem(last=False)
-        return expanded
+        return attachments.expand(stored, attached, self.attachments, budget,
+                                  self.engine.count_tokens, memo=self._expanded)
 
     def measured_prefill(self, new_tokens: int, seconds: float | None) -> None:
         """A reply's prompt was read: `new_tokens` in `seconds` (long enough ones count)."""
