@@ -93,10 +93,7 @@ def chat_http(url: str) -> Converse:
     """`/chat` over Gradio's own HTTP protocol, as `curl` (README.md), a script in any language,
     or the page's JavaScript client reads it: POST the inputs to `gradio_api/call/chat`, then
     read the reply's updates as server-sent events. No client library between app and clock."""
-    import httpx
-
-    http = httpx.Client(base_url=f"{url.rstrip('/')}/gradio_api/call/chat", trust_env=False,
-                        timeout=900)
+    http = chat_client(url, timeout=900)
     owner = secrets.token_hex(16)
 
     def send(conversation: str, message: str) -> Iterator[dict]:
@@ -108,9 +105,16 @@ def chat_http(url: str) -> Converse:
     return _chat(send)
 
 
+def chat_client(url: str, *, timeout: float) -> Any:
+    """An httpx.Client for chat_events, based at the app's `gradio_api/call/chat` (no proxy)."""
+    import httpx
+
+    return httpx.Client(base_url=f"{url.rstrip('/')}/gradio_api/call/chat", trust_env=False,
+                        timeout=timeout)
+
+
 def chat_events(http: Any, owner: str, conversation_id: str, message: str) -> Iterator[tuple[str, Any]]:
-    """One message on `/chat` over Gradio's HTTP protocol, with `http` an httpx.Client based at
-    `.../gradio_api/call/chat`: POST the inputs, then the reply's server-sent events as
+    """One message on `/chat` over Gradio's HTTP protocol, with `http` a chat_client: POST the inputs, then the reply's server-sent events as
     ("generating" or "complete", update) pairs, or ("error", what the server said)."""
     import json
 

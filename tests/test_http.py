@@ -110,12 +110,9 @@ def test_streamed_answer_is_saved_and_survives_a_restart(app_servers, gguf_path)
 def chat_over_http(url: str, owner: str, conversation_id: str, message: str) -> list[tuple[str, dict]]:
     """/chat over Gradio's HTTP protocol (README.md's curl example), as bench/app.py reads it:
     the reply's server-sent events, as (event name, update) pairs."""
-    import httpx
+    from bench.drivers import chat_client, chat_events
 
-    from bench.drivers import chat_events
-
-    with httpx.Client(base_url=f"{url.rstrip('/')}/gradio_api/call/chat", trust_env=False,
-                      timeout=120) as http:
+    with chat_client(url, timeout=120) as http:
         return list(chat_events(http, owner, conversation_id, message))
 
 
