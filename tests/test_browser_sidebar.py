@@ -139,6 +139,8 @@ def test_find_and_organise(browser, app_servers, tiny_dir):
     small.wait_for_timeout(600)
     box = small.locator("#message textarea").bounding_box()
     assert box["y"] + box["height"] <= 844 and box["x"] >= 0 and box["x"] + box["width"] <= 390
+    status = small.locator("#status").bounding_box()  # the line under the box: not cut off
+    assert status["y"] + status["height"] <= 844, status
     assert small.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scroll
     small.locator("#theme-toggle").click()
     expect(small.locator("body")).not_to_have_class("dark")

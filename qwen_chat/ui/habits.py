@@ -114,6 +114,6 @@ button.read-aloud:hover { opacity: 1; }
 @media (max-width: 640px) {
   #title h1, #title p { font-size: 1.2em; }
   #subtitle { display: none; }
-  #chatbot { height: calc(100dvh - 190px) !important; }
+  #chatbot { height: calc(100dvh - 230px) !important; }
 }
 """
